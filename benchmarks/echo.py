@@ -1,0 +1,996 @@
+"""Echo throughput benchmark: hub's WebSocket server against a ``websockets`` echo server.
+
+Both servers run as subprocesses on free loopback ports and are driven by the same load client
+in this process, one server after the other for every case, with the order flipped from case to
+case and from repetition to repetition, so that noise on a shared machine hits both alike. Read
+the ratio column, not the absolute rates.
+
+The load client is deliberately minimal and uses the standard library only (it imports neither
+hub nor websockets): it does the HTTP upgrade itself, builds each masked frame once per case,
+writes pre-built bytes, and reads the echoes by frame header alone, without looking at payloads.
+Each connection keeps ``--window`` messages in flight. Before a server is timed, one echo of
+every message used is checked byte for byte on a separate connection.
+
+Run ``python benchmarks/echo.py --help`` for the options; see benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import hashlib
+import importlib.metadata
+import json
+import os
+import platform
+import random
+import shlex
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, TypeVar, cast
+
+HOST = "127.0.0.1"
+MAX_SIZE = 16 * 1024 * 1024
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "websockets_echo.py"
+
+OURS = "hub"
+PEER = "websockets"
+T = TypeVar("T")
+DEFAULT_OURS_CMD = (
+    "{python} -m hub.protocol --host {host} --port {port} --max-size 16777216 --no-compression"
+)
+DEFAULT_PEER_CMD = "{python} " + shlex.quote(str(PEER_SCRIPT)) + " --host {host} --port {port}"
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
+OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
+KIND_OPCODES = {"text": OP_TEXT, "binary": OP_BINARY}
+MAX_HANDSHAKE_RESPONSE = 16 * 1024
+# Pre-built multi-frame batches are kept up to this many bytes per case; larger ones are made
+# on demand.
+BATCH_CACHE_BYTES = 8 * 1024 * 1024
+# A case is flagged as possibly limited by the load client above this share of one core.
+CLIENT_BOUND_CPU = 0.9
+
+
+class BenchmarkError(Exception):
+    """The benchmark cannot produce a valid result."""
+
+
+class ProtocolError(Exception):
+    """The server's bytes are not what an echo server must send."""
+
+
+# --- frames and handshake ------------------------------------------------------------------
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` (RFC 6455, section 5.3)."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    keystream = (key * (n // 4 + 1))[:n]
+    masked = int.from_bytes(payload, "big") ^ int.from_bytes(keystream, "big")
+    return masked.to_bytes(n, "big")
+
+
+def client_frame(opcode: int, payload: bytes, key: bytes) -> bytes:
+    """One complete (FIN) client frame, masked with ``key``."""
+    first = 0x80 | opcode
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", first, 0x80 | n)
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", first, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", first, 0x80 | 127, n)
+    return header + key + mask(payload, key)
+
+
+def close_frame(key: bytes, code: int = 1000) -> bytes:
+    return client_frame(OP_CLOSE, struct.pack("!H", code), key)
+
+
+def handshake_request(port: int) -> tuple[bytes, str]:
+    """An upgrade request and the ``Sec-WebSocket-Accept`` value the server must answer."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+    request = (
+        "GET / HTTP/1.1\r\n"
+        f"Host: {HOST}:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n"
+        "\r\n"
+    )
+    return request.encode(), accept
+
+
+def check_handshake_response(head: bytes, accept: str) -> None:
+    """Raise ProtocolError unless ``head`` (up to the blank line) accepts the upgrade."""
+    status, *lines = head.decode("latin-1").split("\r\n")
+    if not status.startswith("HTTP/1.1 101"):
+        raise ProtocolError(f"upgrade refused: {status!r}")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("sec-websocket-accept") != accept:
+        raise ProtocolError("wrong or missing Sec-WebSocket-Accept")
+    if "sec-websocket-extensions" in headers:
+        raise ProtocolError("server negotiated an extension that was not offered")
+
+
+@dataclass(frozen=True)
+class Message:
+    """The message of one case, framed once and reused for every send."""
+
+    kind: str
+    payload: bytes
+    key: bytes
+    frame: bytes
+
+    @property
+    def opcode(self) -> int:
+        return KIND_OPCODES[self.kind]
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    @classmethod
+    def build(cls, kind: str, size: int, rng: random.Random) -> Message:
+        if kind == "text":
+            alphabet = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 .,:;-"
+            payload = bytes(rng.choices(alphabet, k=size))
+        else:
+            payload = rng.randbytes(size)
+        # A key without zero bytes, so no server can skip unmasking.
+        key = bytes(rng.randrange(1, 256) for _ in range(4))
+        return cls(kind, payload, key, client_frame(KIND_OPCODES[kind], payload, key))
+
+
+class FrameBatches:
+    """``frame * k`` for the batch sizes the client writes, built once per case."""
+
+    def __init__(self, frame: bytes, window: int) -> None:
+        self._frame = frame
+        self._cache = [b""]
+        total = 0
+        for k in range(1, window + 1):
+            total += k * len(frame)
+            if total > BATCH_CACHE_BYTES and k > 1:
+                break
+            self._cache.append(frame * k)
+
+    def get(self, k: int) -> bytes:
+        return self._cache[k] if k < len(self._cache) else self._frame * k
+
+
+# --- the load client -----------------------------------------------------------------------
+
+
+class EchoClient(asyncio.Protocol):
+    """One benchmark connection: upgrade, then keep ``window`` messages in flight.
+
+    Echoed frames are read by header only. The expected case (one unfragmented frame of the
+    sent opcode and length) takes a short path; fragmented echoes and control frames are
+    handled too, and anything an echo server must not send is recorded in ``error``.
+    """
+
+    def __init__(self, port: int, message: Message, batches: FrameBatches, window: int) -> None:
+        loop = asyncio.get_running_loop()
+        self.received = 0
+        self.error: str | None = None
+        self.warning: str | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+        self._drained: asyncio.Future[None] = loop.create_future()
+        self._request, self._accept = handshake_request(port)
+        self._message = message
+        self._batches = batches
+        self._window = window
+        self._fast_first_byte = 0x80 | message.opcode
+        self._size = message.size
+        self._transport: asyncio.Transport | None = None
+        self._head = bytearray()
+        self._open = False
+        self._in_flight = 0
+        self._stopping = False
+        self._close_sent = False
+        self._pending = b""  # an incomplete frame header (or control frame) from the last read
+        self._skip = 0  # payload bytes of the current frame still to arrive
+        self._skip_completes = False  # whether the current frame ends an echoed message
+        self._message_length = -1  # payload so far of a fragmented message; -1 outside one
+
+    # asyncio.Protocol callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._open:
+            self._feed(data)
+        else:
+            self._handshake(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._close_sent and self.error is None:
+            self.error = f"connection lost: {exc or 'closed by the server'}"
+        for future in (self.opened, self._drained, self.closed):
+            if not future.done():
+                future.set_result(None)
+
+    # client side
+
+    async def shutdown(self, grace: float) -> None:
+        """Stop sending, wait for the echoes in flight, then close the connection cleanly."""
+        self._stopping = True
+        transport = self._transport
+        if transport is None or self.closed.done():
+            return
+        if self._in_flight == 0 and not self._drained.done():
+            self._drained.set_result(None)
+        try:
+            await asyncio.wait_for(asyncio.shield(self._drained), grace)
+        except TimeoutError:
+            self.warning = f"{self._in_flight} echoes still missing {grace:g} s after the run"
+        if self.closed.done():
+            return
+        self._close_sent = True
+        transport.write(close_frame(self._message.key))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), grace)
+        except TimeoutError:
+            self.warning = self.warning or "server did not close TCP after the closing handshake"
+            transport.abort()
+
+    # incoming bytes
+
+    def _handshake(self, data: bytes) -> None:
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
+                self._fail("handshake response too long")
+            return
+        rest = bytes(self._head[end + 4 :])
+        try:
+            check_handshake_response(bytes(self._head[:end]), self._accept)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+            return
+        self._open = True
+        self._head.clear()
+        self.opened.set_result(None)
+        assert self._transport is not None
+        self._transport.write(self._batches.get(self._window))
+        self._in_flight = self._window
+        if rest:
+            self._feed(rest)
+
+    def _feed(self, data: bytes) -> None:
+        if self._pending:
+            data = self._pending + data
+            self._pending = b""
+        end = len(data)
+        pos = 0
+        echoed = 0
+        if self._skip:
+            if self._skip > end:
+                self._skip -= end
+                return
+            pos = self._skip
+            self._skip = 0
+            echoed = int(self._skip_completes)
+        fast_first_byte = self._fast_first_byte
+        size = self._size
+        try:
+            while end - pos >= 2:
+                first = data[pos]
+                length = data[pos + 1]
+                if length & 0x80:
+                    raise ProtocolError("the server masked a frame")
+                if length < 126:
+                    start = pos + 2
+                else:
+                    start = pos + (4 if length == 126 else 10)
+                    if start > end:
+                        break
+                    length = int.from_bytes(data[pos + 2 : start], "big")
+                stop = start + length
+                if first == fast_first_byte and length == size and self._message_length < 0:
+                    completes = True
+                elif first & 0x08:
+                    if length > 125:
+                        raise ProtocolError("control frame longer than 125 bytes")
+                    if stop > end:
+                        break  # keep the whole control frame for the next read
+                    self._control(first, data[start:stop])
+                    pos = stop
+                    continue
+                else:
+                    completes = self._data_frame(first, length)
+                if stop > end:
+                    self._skip = stop - end
+                    self._skip_completes = completes
+                    pos = end
+                    break
+                pos = stop
+                echoed += completes
+        except ProtocolError as exc:
+            self._fail(str(exc))
+            return
+        if pos < end:
+            self._pending = data[pos:]
+        if echoed:
+            self._echoed(echoed)
+
+    def _echoed(self, count: int) -> None:
+        self.received += count
+        self._in_flight -= count
+        if self._in_flight < 0:
+            self._fail("more echoes than messages sent")
+        elif self._stopping:
+            if self._in_flight == 0 and not self._drained.done():
+                self._drained.set_result(None)
+        else:
+            assert self._transport is not None
+            self._transport.write(self._batches.get(count))
+            self._in_flight += count
+
+    def _data_frame(self, first: int, length: int) -> bool:
+        """Check a frame off the short path; return whether it completes a message."""
+        if first & 0x70:
+            raise ProtocolError("RSV bits set, but no extension was negotiated")
+        opcode = first & 0x0F
+        if opcode == OP_CONT:
+            if self._message_length < 0:
+                raise ProtocolError("continuation frame outside a message")
+            self._message_length += length
+        elif opcode == self._message.opcode:
+            if self._message_length >= 0:
+                raise ProtocolError("new message before the fragmented one ended")
+            self._message_length = length
+        else:
+            raise ProtocolError(f"opcode {opcode:#x} in an echo of a {self._message.kind} message")
+        fin = bool(first & 0x80)
+        if self._message_length > self._size or (fin and self._message_length != self._size):
+            raise ProtocolError(f"echo is not {self._size} bytes long")
+        if fin:
+            self._message_length = -1
+        return fin
+
+    def _control(self, first: int, payload: bytes) -> None:
+        if first & 0xF0 != 0x80:
+            raise ProtocolError("fragmented control frame or RSV bits set")
+        opcode = first & 0x0F
+        assert self._transport is not None
+        if opcode == OP_PING:
+            self._transport.write(client_frame(OP_PONG, payload, self._message.key))
+        elif opcode == OP_CLOSE:
+            if not self._close_sent:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                raise ProtocolError(f"the server closed the connection (code {code})")
+        elif opcode != OP_PONG:
+            raise ProtocolError(f"unknown control opcode {opcode:#x}")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """Read one whole (possibly fragmented) data message, skipping control frames."""
+    opcode: int | None = None
+    parts: list[bytes] = []
+    while True:
+        first, second = await reader.readexactly(2)
+        if second & 0x80:
+            raise ProtocolError("the server masked a frame")
+        length = second & 0x7F
+        if length == 126:
+            length = int.from_bytes(await reader.readexactly(2), "big")
+        elif length == 127:
+            length = int.from_bytes(await reader.readexactly(8), "big")
+        payload = await reader.readexactly(length)
+        frame_opcode = first & 0x0F
+        if frame_opcode == OP_CLOSE:
+            raise ProtocolError("the server closed the connection")
+        if frame_opcode & 0x08:
+            continue
+        if first & 0x70:
+            raise ProtocolError("RSV bits set, but no extension was negotiated")
+        if opcode is None:
+            opcode = frame_opcode
+        parts.append(payload)
+        if first & 0x80:
+            return opcode, b"".join(parts)
+
+
+async def verify_echo(port: int, message: Message) -> None:
+    """Check on a fresh connection that the server echoes ``message`` exactly."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        request, accept = handshake_request(port)
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        check_handshake_response(head[:-4], accept)
+        writer.write(message.frame)
+        opcode, payload = await read_message(reader)
+        if opcode != message.opcode:
+            raise ProtocolError(f"{message.kind} message echoed with opcode {opcode:#x}")
+        if payload != message.payload:
+            raise ProtocolError(f"{message.size}-byte {message.kind} message echoed altered")
+        writer.write(close_frame(message.key))
+        await reader.read()  # the server's close frame, then EOF
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+# --- servers -------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def expand_command(template: str, port: int) -> list[str]:
+    values = {"{python}": sys.executable, "{host}": HOST, "{port}": str(port)}
+    argv = shlex.split(template)
+    for placeholder, value in values.items():
+        argv = [arg.replace(placeholder, value) for arg in argv]
+    return argv
+
+
+@dataclass
+class Server:
+    """An echo server subprocess in its own process group; its output goes to ``log``."""
+
+    name: str
+    argv: list[str]
+    port: int
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    @classmethod
+    def start(cls, name: str, template: str, timeout: float, cpu: int | None) -> Server:
+        """Start ``template`` on a free port and wait until it accepts connections."""
+        for attempt in range(3):
+            port = free_port()
+            argv = expand_command(template, port)
+            fd, log_name = tempfile.mkstemp(prefix=f"echo-bench-{name}-", suffix=".log")
+            with os.fdopen(fd, "wb") as log_file:
+                process = subprocess.Popen(
+                    argv,
+                    cwd=REPO_ROOT,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            server = cls(name, argv, port, process, Path(log_name))
+            if cpu is not None:
+                os.sched_setaffinity(process.pid, {cpu})
+            try:
+                server.wait_ready(timeout)
+            except BenchmarkError:
+                port_taken = "in use" in server.log_tail()
+                server.stop()
+                if port_taken and attempt < 2:
+                    continue  # another process took the port first
+                raise
+            return server
+        raise AssertionError("unreachable")
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BenchmarkError(
+                    f"{self.name} server exited with {self.process.returncode}: "
+                    f"{shlex.join(self.argv)}\n{self.log_tail()}"
+                )
+            try:
+                with socket.create_connection((HOST, self.port), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise BenchmarkError(f"{self.name} server not accepting connections after {timeout:g} s")
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise BenchmarkError(
+                f"{self.name} server died (exit {self.process.returncode})\n{self.log_tail()}"
+            )
+
+    def cpu_seconds(self) -> float | None:
+        """User plus system CPU time of the server process (all threads), if /proc has it."""
+        try:
+            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
+        except OSError:
+            return None
+        fields = stat.rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            text = self.log.read_text(errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Terminate the server's process group, killing it if it lingers; remove the log."""
+        if self.process.poll() is None:
+            for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                try:
+                    os.killpg(self.process.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.process.wait(grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.log.unlink(missing_ok=True)
+
+
+# --- measurement ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Case:
+    kind: str
+    size: int
+    conns: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {format_size(self.size)} x{self.conns}"
+
+
+@dataclass(frozen=True)
+class Run:
+    """One timed window of one case on one server."""
+
+    messages: int
+    seconds: float
+    client_cpu: float
+    server_cpu: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def client_load(self) -> float:
+        return self.client_cpu / self.seconds
+
+    @property
+    def per_server_cpu(self) -> float | None:
+        return self.messages / self.server_cpu if self.server_cpu else None
+
+
+@dataclass
+class Options:
+    window: int
+    duration: float
+    warmup: float
+    timeout: float
+
+
+def collect_errors(clients: Sequence[EchoClient]) -> list[str]:
+    return [f"connection {i}: {c.error}" for i, c in enumerate(clients) if c.error]
+
+
+async def run_case(
+    server: Server, case: Case, message: Message, batches: FrameBatches, opts: Options
+) -> tuple[Run, list[str]]:
+    """Drive ``server`` with ``case.conns`` connections; return the run and shutdown warnings."""
+    loop = asyncio.get_running_loop()
+    clients = [EchoClient(server.port, message, batches, opts.window) for _ in range(case.conns)]
+
+    async def connect(client: EchoClient) -> None:
+        await loop.create_connection(lambda: client, HOST, server.port)
+        await client.opened
+
+    try:
+        try:
+            async with asyncio.timeout(opts.timeout):
+                await asyncio.gather(*(connect(client) for client in clients))
+        except (OSError, TimeoutError) as exc:
+            raise BenchmarkError(f"cannot open {case.conns} connections: {exc!r}") from exc
+        if errors := collect_errors(clients):
+            raise BenchmarkError("; ".join(errors[:3]))
+        await asyncio.sleep(opts.warmup)
+        before = [c.received for c in clients]
+        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
+        await asyncio.sleep(opts.duration)
+        after = [c.received for c in clients]
+        wall = time.perf_counter() - wall
+        cpu = time.process_time() - cpu
+        server_cpu_after = server.cpu_seconds()
+        if errors := collect_errors(clients):
+            raise BenchmarkError("; ".join(errors[:3]))
+        if stalled := sum(b == a for b, a in zip(before, after, strict=True)):
+            raise BenchmarkError(f"{stalled} connections got no echo in the timed window")
+        used = None
+        if server_cpu is not None and server_cpu_after is not None:
+            used = server_cpu_after - server_cpu
+        run = Run(sum(after) - sum(before), wall, cpu, used)
+    finally:
+        await asyncio.gather(*(c.shutdown(opts.timeout) for c in clients))
+    warnings = sorted({c.warning for c in clients if c.warning})
+    return run, warnings
+
+
+@dataclass
+class CaseResult:
+    case: Case
+    runs: dict[str, list[Run]] = field(default_factory=lambda: {OURS: [], PEER: []})
+
+    def rate(self, name: str) -> float:
+        return statistics.median(run.rate for run in self.runs[name])
+
+    def ratio(self) -> float:
+        """Median of the hub/websockets ratios of runs made back to back."""
+        pairs = zip(self.runs[OURS], self.runs[PEER], strict=True)
+        return statistics.median(ours.rate / peer.rate for ours, peer in pairs)
+
+    def cpu_ratio(self) -> float | None:
+        """Median ratio of messages per second of server CPU time."""
+        ratios = []
+        for ours, peer in zip(self.runs[OURS], self.runs[PEER], strict=True):
+            if ours.per_server_cpu is None or peer.per_server_cpu is None:
+                return None
+            ratios.append(ours.per_server_cpu / peer.per_server_cpu)
+        return statistics.median(ratios)
+
+    def client_load(self) -> float:
+        return max(run.client_load for runs in self.runs.values() for run in runs)
+
+    def to_json(self) -> dict[str, Any]:
+        servers = {
+            name: {
+                "msgs_per_s": self.rate(name),
+                "runs": [
+                    {
+                        "messages": run.messages,
+                        "seconds": run.seconds,
+                        "msgs_per_s": run.rate,
+                        "mib_per_s": run.rate * self.case.size / 2**20,
+                        "client_cpu_s": run.client_cpu,
+                        "server_cpu_s": run.server_cpu,
+                    }
+                    for run in runs
+                ],
+            }
+            for name, runs in self.runs.items()
+        }
+        return {
+            "case": self.case.label,
+            "kind": self.case.kind,
+            "size": self.case.size,
+            "conns": self.case.conns,
+            **servers,
+            "ratio": self.ratio(),
+            "ratio_per_server_cpu": self.cpu_ratio(),
+            "max_client_cpu_share": self.client_load(),
+        }
+
+
+def log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+async def run_all(
+    servers: dict[str, Server], cases: Sequence[Case], opts: Options, repeat: int, seed: int
+) -> tuple[list[CaseResult], list[str]]:
+    rng = random.Random(seed)
+    messages = {
+        (kind, size): Message.build(kind, size, rng)
+        for kind in dict.fromkeys(c.kind for c in cases)
+        for size in dict.fromkeys(c.size for c in cases)
+    }
+    for name, server in servers.items():
+        for message in messages.values():
+            try:
+                async with asyncio.timeout(opts.timeout):
+                    await verify_echo(server.port, message)
+            except (ProtocolError, OSError, EOFError, TimeoutError) as exc:
+                desc = f"{format_size(message.size)} {message.kind}"
+                raise BenchmarkError(f"{name} failed the echo check ({desc}): {exc!r}") from exc
+    log(f"echo check passed on both servers for {len(messages)} messages")
+
+    results = [CaseResult(case) for case in cases]
+    warnings: list[str] = []
+    total = repeat * len(cases) * 2
+    done = 0
+    for rep in range(repeat):
+        for index, result in enumerate(results):
+            case = result.case
+            message = messages[case.kind, case.size]
+            batches = FrameBatches(message.frame, opts.window)
+            order = (OURS, PEER) if (index + rep) % 2 == 0 else (PEER, OURS)
+            for name in order:
+                server = servers[name]
+                server.check_alive()
+                try:
+                    run, notes = await run_case(server, case, message, batches, opts)
+                except BenchmarkError as exc:
+                    server.check_alive()
+                    raise BenchmarkError(f"{case.label} on {name}: {exc}") from exc
+                result.runs[name].append(run)
+                warnings.extend(f"{case.label} on {name}: {note}" for note in notes)
+                done += 1
+                log(
+                    f"[{done}/{total}] {case.label:<20} {name:<10} {run.rate:>12,.0f} msg/s"
+                    f"  client CPU {run.client_load:4.0%}"
+                )
+    return results, warnings
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def format_size(size: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+def parse_size(text: str) -> int:
+    text = text.strip()
+    units = {"mib": 2**20, "m": 2**20, "kib": 2**10, "k": 2**10, "b": 1}
+    lowered = text.lower()
+    for suffix, scale in units.items():
+        if lowered.endswith(suffix):
+            return int(lowered.removesuffix(suffix).strip()) * scale
+    return int(text)
+
+
+def csv_of(convert: Callable[[str], T]) -> Callable[[str], list[T]]:
+    """An argparse type for a comma-separated list of ``convert``-ed items."""
+
+    def parse(text: str) -> list[T]:
+        try:
+            values = [convert(item) for item in text.split(",") if item.strip()]
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from exc
+        if not values:
+            raise argparse.ArgumentTypeError("empty list")
+        return values
+
+    return parse
+
+
+def kind_name(text: str) -> str:
+    text = text.strip()
+    if text not in KIND_OPCODES:
+        raise ValueError(f"kind must be one of {', '.join(KIND_OPCODES)}, not {text!r}")
+    return text
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Echo throughput of hub's WebSocket server against websockets.",
+        epilog="In commands, {python}, {host} and {port} are replaced when a server starts.",
+    )
+    parser.add_argument(
+        "--sizes",
+        type=csv_of(parse_size),
+        default=[32, 1024, 65536],
+        help="message sizes, e.g. 32,1KiB,64KiB (default)",
+    )
+    parser.add_argument(
+        "--conns",
+        type=csv_of(int),
+        default=[1, 100],
+        help="concurrent connections per case (default 1,100)",
+    )
+    parser.add_argument(
+        "--kinds",
+        type=csv_of(kind_name),
+        default=["text", "binary"],
+        help="frame kinds: text,binary (default both)",
+    )
+    parser.add_argument(
+        "--window", type=int, default=8, help="messages in flight per connection (default 8)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=2.0, help="timed seconds per case and server (default 2)"
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=0.5,
+        help="untimed seconds before each timed window (default 0.5)",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="repetitions of every case; medians are reported (default 1)",
+    )
+    parser.add_argument("--seed", type=int, default=6455, help="seed for payloads and mask keys")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="limit for connecting, checking and closing, seconds (default 10)",
+    )
+    parser.add_argument(
+        "--startup-timeout",
+        type=float,
+        default=15.0,
+        help="seconds a server may take to accept connections (default 15)",
+    )
+    parser.add_argument(
+        "--ours-cmd",
+        default=DEFAULT_OURS_CMD,
+        help=f"command for hub's server (default: {DEFAULT_OURS_CMD!r})",
+    )
+    parser.add_argument(
+        "--peer-cmd",
+        default=DEFAULT_PEER_CMD,
+        help="command for the websockets peer (default: benchmarks/peers/...)",
+    )
+    parser.add_argument(
+        "--pin", action="store_true", help="pin this client to CPU 0 and both servers to CPU 1"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON on stdout instead of the table"
+    )
+    args = parser.parse_args(argv)
+    for name in ("window", "repeat"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1")
+    if any(c < 1 for c in args.conns) or any(s < 0 or s > MAX_SIZE for s in args.sizes):
+        parser.error(f"--conns must be positive and --sizes within 0..{MAX_SIZE}")
+    if args.duration <= 0 or args.warmup < 0:
+        parser.error("--duration must be positive and --warmup not negative")
+    return args
+
+
+def render_table(results: Sequence[CaseResult]) -> str:
+    header = ("case", f"{OURS} msg/s", f"{PEER} msg/s", "ratio", "ratio/CPU", "client CPU")
+    rows = [header]
+    for result in results:
+        cpu_ratio = result.cpu_ratio()
+        load = result.client_load()
+        rows.append(
+            (
+                result.case.label,
+                f"{result.rate(OURS):,.0f}",
+                f"{result.rate(PEER):,.0f}",
+                f"{result.ratio():.2f}",
+                "n/a" if cpu_ratio is None else f"{cpu_ratio:.2f}",
+                f"{load:.0%}" + (" *" if load > CLIENT_BOUND_CPU else ""),
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.ljust(width) if i == 0 else cell.rjust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+TABLE_NOTES = f"""\
+ratio: {OURS}/{PEER} msg/s (median of back-to-back pairs when repeated; > 1 means {OURS} is faster)
+ratio/CPU: the same for messages per second of server CPU time, which noise disturbs less
+client CPU: the load client's busiest share of one core; * marks a case it may have limited"""
+
+
+def environment() -> dict[str, Any]:
+    try:
+        websockets_version = importlib.metadata.version("websockets")
+    except importlib.metadata.PackageNotFoundError:
+        websockets_version = None
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "websockets": websockets_version,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cases = [
+        Case(kind, size, conns)
+        for size in args.sizes
+        for conns in args.conns
+        for kind in args.kinds
+    ]
+    opts = Options(args.window, args.duration, args.warmup, args.timeout)
+    runs = 2 * len(cases) * args.repeat
+    log(f"{runs} timed runs, about {runs * (opts.duration + opts.warmup + 0.3):.0f} s")
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+    if args.pin:
+        os.sched_setaffinity(0, {0})
+    servers: dict[str, Server] = {}
+    try:
+        for name, template in ((OURS, args.ours_cmd), (PEER, args.peer_cmd)):
+            servers[name] = Server.start(
+                name, template, args.startup_timeout, 1 if args.pin else None
+            )
+            log(f"{name} server on port {servers[name].port}: {shlex.join(servers[name].argv)}")
+        results, warnings = asyncio.run(run_all(servers, cases, opts, args.repeat, args.seed))
+        server_logs = {name: server.log_tail() for name, server in servers.items()}
+    except BenchmarkError as exc:
+        log(f"error: {exc}")
+        return 1
+    finally:
+        for server in servers.values():
+            server.stop()
+
+    for name, text in server_logs.items():
+        if text:
+            warnings.append(f"{name} server wrote to its log; last lines:\n{text}")
+    if args.json:
+        report = {
+            "environment": environment(),
+            "config": {
+                "window": opts.window,
+                "duration_s": opts.duration,
+                "warmup_s": opts.warmup,
+                "repeat": args.repeat,
+                "seed": args.seed,
+                "pinned": args.pin,
+            },
+            "servers": {name: {"argv": server.argv} for name, server in servers.items()},
+            "cases": [result.to_json() for result in results],
+            "warnings": warnings,
+        }
+        print(json.dumps(report, indent=2))
+    else:
+        env = environment()
+        print(
+            f"echo benchmark: window {opts.window}, {opts.duration:g} s per run, "
+            f"repeat {args.repeat}; Python {env['python']}, {env['cpus']} CPUs, "
+            f"websockets {env['websockets']}"
+        )
+        print(render_table(results))
+        print(TABLE_NOTES)
+        for warning in warnings:
+            print(f"warning: {warning}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

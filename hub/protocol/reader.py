@@ -1,0 +1,156 @@
+"""Incremental frame parser (RFC 6455 section 5): bytes in, frames out, in any split.
+
+Every rule that can be checked from the frame header is checked as soon as the header is
+complete, before waiting for the payload, so a hostile peer cannot make us buffer a 2 GiB frame
+that we would reject anyway.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from hub.exceptions import PayloadTooBig, ProtocolError
+from hub.protocol.frames import MAX_CONTROL_PAYLOAD, Opcode
+from hub.protocol.masking import apply_mask
+
+__all__ = ["Frame", "FrameReader"]
+
+_KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
+
+# Drop consumed bytes from the front of the buffer once this many have piled up; compacting on
+# every frame would copy the buffer for every small frame of a large read.
+_COMPACT_AFTER = 65536
+
+
+class Frame(NamedTuple):
+    """One frame with its payload already unmasked; ``rsv`` holds the RSV1-3 bits (0x70 mask)."""
+
+    opcode: int
+    payload: bytes
+    fin: bool = True
+    rsv: int = 0
+
+
+class FrameReader:
+    """Turns received bytes into :class:`Frame` objects, enforcing section 5's framing rules.
+
+    Call :meth:`feed` with each chunk of bytes; it returns the frames completed so far. After a
+    violation it returns the frames that preceded it, sets :attr:`error` and ignores further input:
+    the caller fails the connection with ``error.code``.
+    """
+
+    def __init__(self, *, mask_expected: bool, max_size: int | None, allowed_rsv: int = 0) -> None:
+        self.mask_expected = mask_expected
+        self.max_size = max_size
+        self.allowed_rsv = allowed_rsv
+        self.error: ProtocolError | None = None
+        self._buffer = bytearray()
+        self._position = 0
+        # Opcode of the data message being fragmented (section 5.4), None between messages.
+        self._fragmented_opcode: int | None = None
+        self._message_size = 0
+
+    @property
+    def in_fragmented_message(self) -> bool:
+        return self._fragmented_opcode is not None
+
+    def feed(self, data: bytes) -> list[Frame]:
+        if self.error is not None:
+            return []
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        try:
+            self._parse(buffer, frames)
+        except ProtocolError as exc:
+            self.error = exc
+            self._buffer = bytearray()
+            self._position = 0
+        return frames
+
+    def _parse(self, buffer: bytearray, frames: list[Frame]) -> None:
+        position = self._position
+        available = len(buffer)
+        while available - position >= 2:
+            first, second = buffer[position], buffer[position + 1]
+            length = second & 0x7F
+            header_size = 2
+            if length == 126:
+                header_size = 4
+            elif length == 127:
+                header_size = 10
+            masked = second & 0x80
+            if masked:
+                header_size += 4
+            if available - position < header_size:
+                break
+            if length == 126:
+                length = int.from_bytes(buffer[position + 2 : position + 4], "big")
+            elif length == 127:
+                length = int.from_bytes(buffer[position + 2 : position + 10], "big")
+                if length >> 63:  # Section 5.2: the most significant bit MUST be 0.
+                    raise ProtocolError("64-bit payload length with the high bit set")
+            self._check_header(first, length, bool(masked))
+            end = position + header_size + length
+            if available < end:
+                break
+            opcode = first & 0x0F
+            if masked:
+                key = bytes(buffer[position + header_size - 4 : position + header_size])
+                payload = apply_mask(buffer[position + header_size : end], key)
+            else:
+                payload = bytes(buffer[position + header_size : end])
+            fin = bool(first & 0x80)
+            if opcode < 0x8:
+                self._track_fragmentation(opcode, length, fin)
+            frames.append(Frame(opcode, payload, fin, first & 0x70))
+            position = end
+        if position == available:
+            buffer.clear()
+            position = 0
+        elif position >= _COMPACT_AFTER:
+            del buffer[:position]
+            position = 0
+        self._position = position
+
+    def _check_header(self, first: int, length: int, masked: bool) -> None:
+        """Validate one frame header (sections 5.2-5.5) against the fragmentation state.
+
+        A split frame's header is checked again each time more of it arrives, so this must not
+        change any state; :meth:`_track_fragmentation` does once the frame is complete.
+        """
+        opcode = first & 0x0F
+        fin = first & 0x80
+        if first & 0x70 & ~self.allowed_rsv:
+            raise ProtocolError("reserved bits set without a negotiated extension")
+        if opcode not in _KNOWN_OPCODES:
+            raise ProtocolError(f"reserved opcode {opcode:#x}")
+        if masked != self.mask_expected:
+            # Section 5.1: a server MUST close on an unmasked client frame and vice versa.
+            raise ProtocolError(
+                "unmasked client frame" if self.mask_expected else "masked server frame"
+            )
+        if opcode >= 0x8:
+            if not fin:
+                raise ProtocolError("fragmented control frame")
+            if length > MAX_CONTROL_PAYLOAD:
+                raise ProtocolError("control frame payload longer than 125 bytes")
+            return
+        if opcode == Opcode.CONT:
+            if self._fragmented_opcode is None:
+                raise ProtocolError("continuation frame outside a fragmented message")
+        elif self._fragmented_opcode is not None:
+            raise ProtocolError("new data frame inside a fragmented message")
+        if self.max_size is not None:
+            size = length if opcode != Opcode.CONT else self._message_size + length
+            if size > self.max_size:
+                raise PayloadTooBig(f"message of {size} bytes exceeds max_size {self.max_size}")
+
+    def _track_fragmentation(self, opcode: int, length: int, fin: bool) -> None:
+        if opcode == Opcode.CONT:
+            self._message_size += length
+        else:
+            self._message_size = length
+            self._fragmented_opcode = opcode
+        if fin:
+            self._fragmented_opcode = None
