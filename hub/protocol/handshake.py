@@ -34,6 +34,7 @@ __all__ = [
     "accept_key",
     "generate_key",
     "reject",
+    "status_phrase",
 ]
 
 # Section 1.3: the GUID concatenated to the key before hashing.
@@ -63,10 +64,11 @@ def reject(status: int, text: str, headers: HeadersLike | None = None) -> Respon
     response_headers["Connection"] = "close"
     if headers is not None:
         response_headers.update(headers)
-    return Response(status, _reason(status), response_headers, body)
+    return Response(status, status_phrase(status), response_headers, body)
 
 
-def _reason(status: int) -> str:
+def status_phrase(status: int) -> str:
+    """The standard reason phrase for an HTTP status ("Error" for unknown ones)."""
     try:
         return HTTPStatus(status).phrase
     except ValueError:

@@ -11,7 +11,7 @@ from types import TracebackType
 from typing import Any, cast
 
 from hub.exceptions import HandshakeError, HandshakeTimeout, InvalidRequest, InvalidResponse
-from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol
+from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol, protocol_logger
 from hub.protocol.connection import CLIENT, Connection
 from hub.protocol.handshake import ClientHandshake
 from hub.protocol.http11 import HeadersLike, HeadParser, Response
@@ -177,9 +177,12 @@ class connect:
             raise HandshakeTimeout(
                 f"opening handshake timed out after {self.open_timeout} s"
             ) from exc
-        except BaseException:
+        except BaseException as exc:
             if transport is not None:
                 transport.abort()
+            if isinstance(exc, HandshakeError):
+                logger = self._protocol_options["logger"] or protocol_logger
+                logger.info("opening handshake failed: %s", exc)
             raise
         self.websocket = websocket
         return websocket

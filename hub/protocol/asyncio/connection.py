@@ -89,6 +89,9 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         self._reading_paused = False
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
+        self._pending_writes: list[bytes] = []
+        self._pending_size = 0
+        self._write_scheduled = False
         self._fragmented_send: asyncio.Future[None] | None = None
         self._pings: dict[bytes, tuple[asyncio.Future[float], float]] = {}
         self._keepalive_timer: asyncio.TimerHandle | None = None
@@ -383,18 +386,43 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         self._flush()
 
     def _flush(self) -> None:
-        """Write what the core produced; ``b""`` from the core means close TCP (server first)."""
+        """Queue what the core produced for writing; ``b""`` means close TCP (server first).
+
+        Frames are coalesced into one ``transport.write`` per event-loop turn: a burst of sends
+        costs one syscall instead of one each. The queue is written at once when it reaches
+        ``write_limit``, so a sender that never yields still meets flow control.
+        """
         core = self.core
-        transport = self.transport
-        assert core is not None and transport is not None
+        assert core is not None
         for data in core.data_to_send():
             if data:
-                transport.write(data)
+                self._pending_writes.append(data)
+                self._pending_size += len(data)
             else:
-                transport.close()
+                self._write_pending()
+                assert self.transport is not None
+                self.transport.close()
+        if self._pending_writes:
+            if self._pending_size >= self.write_limit:
+                self._write_pending()
+            elif not self._write_scheduled:
+                self._write_scheduled = True
+                self.loop.call_soon(self._write_pending)
         if core.state is not OPEN and self._close_deadline is None and not self._lost.done():
             # The closing handshake has started: bound how long the peer may take to finish it.
             self._close_deadline = self.loop.call_later(self.close_timeout, self._close_timed_out)
+
+    def _write_pending(self) -> None:
+        self._write_scheduled = False
+        pending = self._pending_writes
+        if not pending:
+            return
+        data = pending[0] if len(pending) == 1 else b"".join(pending)
+        pending.clear()
+        self._pending_size = 0
+        assert self.transport is not None
+        if not self.transport.is_closing():
+            self.transport.write(data)
 
     def _close_timed_out(self) -> None:
         self.logger.info("closing handshake timed out after %s s; aborting", self.close_timeout)

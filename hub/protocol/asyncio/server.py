@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import logging
 from collections.abc import Awaitable, Callable, Generator, Sequence
 from types import TracebackType
 from typing import Any, cast
@@ -15,7 +14,7 @@ from typing import Any, cast
 from hub.exceptions import ConnectionClosed, HandshakeError, InvalidVersion
 from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol, protocol_logger
 from hub.protocol.connection import SERVER, Connection
-from hub.protocol.handshake import SelectSubprotocol, ServerHandshake, reject
+from hub.protocol.handshake import SelectSubprotocol, ServerHandshake, reject, status_phrase
 from hub.protocol.http11 import Headers, HeadersLike, HeadParser, Request, Response
 
 __all__ = [
@@ -152,7 +151,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             if answer is not None:
                 status, headers, body = answer
                 self._write_response(
-                    Response(status, reject(status, "").reason, Headers(headers), body)
+                    Response(status, status_phrase(status), Headers(headers), body)
                 )
                 return False
             response, self.subprotocol = self.handshake.accept(request)
@@ -387,6 +386,3 @@ class unix_serve(serve):
 
     def __init__(self, handler: Handler, path: str | None = None, **kwargs: Any) -> None:
         super().__init__(handler, path, None, **kwargs)
-
-
-logging.getLogger("hub.protocol").addHandler(logging.NullHandler())
