@@ -194,8 +194,9 @@ class Connection:
             self._receive_continuation(payload, fin)
         elif opcode == Opcode.PING:
             self._events.append(Ping(payload))
-            # Section 5.5.2: answer with a pong carrying the same payload, unless closing.
-            if self.state is OPEN:
+            # Section 5.5.2: answer with a pong carrying the same payload "unless it already
+            # received a Close frame" (frames after a received close are discarded anyway).
+            if self.close_rcvd is None:
                 self._send_frame(Opcode.PONG, payload)
         elif opcode == Opcode.PONG:
             self._events.append(Pong(payload))
@@ -273,6 +274,8 @@ class Connection:
         """Start the closing handshake (section 7.1.2); wait for the peer's close frame next."""
         if self.state is not OPEN:
             raise UsageError(f"cannot close: connection is {self.state.name}")
+        if code == 1005 and reason:
+            raise UsageError("a close frame without a code (1005) cannot carry a reason")
         if code != 1005 and not is_valid_close_code(code):
             raise UsageError(f"invalid close code {code}")
         close = Close(code, reason)
@@ -287,6 +290,8 @@ class Connection:
 
         A server also closes the TCP connection at once; a client waits for the server to do it.
         """
+        if self.state is CLOSED:
+            return
         if self.state is OPEN and code != 1006:
             encoded = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
             self._send_close_frame(Close(code, encoded))

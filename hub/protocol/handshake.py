@@ -109,6 +109,8 @@ class ServerHandshake:
     def accept(self, request: Request) -> tuple[Response, str | None]:
         """Return the 101 response and the chosen subprotocol, or raise a HandshakeError."""
         headers = request.headers
+        if len(headers.get_all("Host")) != 1:  # Section 4.2.1 item 2; RFC 9112 section 3.2.
+            raise InvalidRequest("expected exactly one Host header")
         _check_upgrade_headers(headers, InvalidRequest)
         key = headers.get_all("Sec-WebSocket-Key")
         if len(key) != 1:

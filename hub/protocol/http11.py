@@ -181,7 +181,14 @@ class HeadParser:
         # Fail fast on a head that can no longer fit, before the peer sends all of it.
         if len(self._buffer) > MAX_HEAD_SIZE:
             raise self._error("request head too large", 431)
-        if len(self._buffer) - (self._buffer.rfind(b"\r\n") + 2) > MAX_LINE_LENGTH:
+        buffer = self._buffer
+        last_crlf = buffer.rfind(b"\r\n")
+        line_start = 0 if last_crlf < 0 else last_crlf + 2
+        # A trailing CR may be the start of the line's CRLF: it is not part of the line.
+        line_length = len(buffer) - line_start - buffer.endswith(b"\r")
+        if line_length > MAX_LINE_LENGTH:
+            if last_crlf < 0 and self.is_request:
+                raise self._error("request line too long", 414)
             raise self._error("line too long", 431)
         if self._buffer.count(b"\r\n") > MAX_HEADERS + 1:
             raise self._error("too many headers", 431)
