@@ -29,7 +29,8 @@ import sys
 import time
 import urllib.parse
 from collections import Counter
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def load_connect(spec: str) -> Callable[..., Any]:
@@ -37,7 +38,10 @@ def load_connect(spec: str) -> Callable[..., Any]:
     obj: Any = importlib.import_module(module_name)
     for attr in (attr_path or "connect").split("."):
         obj = getattr(obj, attr)
-    return obj
+    if not callable(obj):
+        raise TypeError(f"{spec} is not callable")
+    connect: Callable[..., Any] = obj
+    return connect
 
 
 async def collect_messages(connect: Callable[..., Any], uri: str) -> list[Any]:
@@ -77,7 +81,7 @@ async def amain(args: argparse.Namespace) -> int:
         case_started = time.monotonic()
         try:
             await asyncio.wait_for(echo_case(connect, uri), args.case_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timeouts.append(case)
             print(f"client: case {case} timed out after {args.case_timeout}s")
         except Exception as exc:  # expected for many protocol-violation cases
@@ -98,7 +102,7 @@ async def amain(args: argparse.Namespace) -> int:
     except Exception as exc:
         # Some fuzzing servers drop the connection once the reports are
         # written; whether they were is checked by the caller (index.json).
-        print(f"client: /updateReports ended with {type(exc).__name__}: {exc}")
+        print(f"client: /updateReports connection ended: {type(exc).__name__}: {exc}")
     elapsed = time.monotonic() - started
     summary = ", ".join(f"{name} x{n}" for name, n in errors.most_common()) or "none"
     print(f"client: ran {count} cases in {elapsed:.1f}s; exceptions caught: {summary}")
@@ -109,22 +113,40 @@ async def amain(args: argparse.Namespace) -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="ws://127.0.0.1:9001",
-                        help="base URL of the fuzzing server (default: %(default)s)")
-    parser.add_argument("--agent", default="hub",
-                        help="agent name reported to the fuzzing server (default: %(default)s)")
-    parser.add_argument("--connect", default="hub.protocol:connect",
-                        help="client factory as MODULE:ATTR (default: %(default)s)")
-    parser.add_argument("--case-timeout", type=float, default=60.0,
-                        help="seconds allowed for one case (default: %(default)s)")
-    parser.add_argument("--control-timeout", type=float, default=60.0,
-                        help="seconds allowed for /getCaseCount and /updateReports "
-                             "(default: %(default)s)")
-    parser.add_argument("--slow", type=float, default=2.0,
-                        help="report cases that take longer than this many seconds "
-                             "(default: %(default)s)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="print every exception caught")
+    parser.add_argument(
+        "--url",
+        default="ws://127.0.0.1:9001",
+        help="base URL of the fuzzing server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--agent",
+        default="hub",
+        help="agent name reported to the fuzzing server (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--connect",
+        default="hub.protocol:connect",
+        help="client factory as MODULE:ATTR (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--case-timeout",
+        type=float,
+        default=60.0,
+        help="seconds allowed for one case (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--control-timeout",
+        type=float,
+        default=60.0,
+        help="seconds allowed for /getCaseCount and /updateReports (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--slow",
+        type=float,
+        default=2.0,
+        help="report cases that take longer than this many seconds (default: %(default)s)",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="print every exception caught")
     args = parser.parse_args()
     try:
         return asyncio.run(amain(args))

@@ -11,10 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 
-from websockets.asyncio.server import serve
+from websockets.asyncio.server import ServerConnection, serve
 
 
-async def echo(ws) -> None:
+async def echo(ws: ServerConnection) -> None:
     async for msg in ws:
         await ws.send(msg)
 
