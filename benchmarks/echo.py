@@ -1,9 +1,9 @@
 """Echo throughput benchmark: hub's WebSocket server against a ``websockets`` echo server.
 
 Both servers run as subprocesses on free loopback ports and are driven by the same load client
-in this process, one server after the other for every case, with the order flipped from case to
-case and from repetition to repetition, so that noise on a shared machine hits both alike. Read
-the ratio column, not the absolute rates.
+in this process. For every case the client holds connections to both servers and loads one
+server at a time, taking turns in short timed slices (ABBA order: A B B A A B ...), so that the
+noise of a shared machine falls on both alike. Read the ratio column, not the absolute rates.
 
 The load client is deliberately minimal and uses the standard library only (it imports neither
 hub nor websockets): it does the HTTP upgrade itself, builds each masked frame once per case,
@@ -52,7 +52,9 @@ T = TypeVar("T")
 DEFAULT_OURS_CMD = (
     "{python} -m hub.protocol --host {host} --port {port} --max-size 16777216 --no-compression"
 )
-DEFAULT_PEER_CMD = "{python} " + shlex.quote(str(PEER_SCRIPT)) + " --host {host} --port {port}"
+DEFAULT_PEER_CMD = (
+    "{python} " + shlex.quote(str(PEER_SCRIPT)) + " --host {host} --port {port} --max-size 16777216"
+)
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -62,6 +64,10 @@ MAX_HANDSHAKE_RESPONSE = 16 * 1024
 # Pre-built multi-frame batches are kept up to this many bytes per case; larger ones are made
 # on demand.
 BATCH_CACHE_BYTES = 8 * 1024 * 1024
+# A server's output is shown after the table when it contains one of these.
+TROUBLE_WORDS = ("error", "exception", "traceback", "warning", "failed")
+# Seconds a server gets to refill its pipeline after a pause, before a timed slice starts.
+SETTLE = 0.05
 # A case is flagged as possibly limited by the load client above this share of one core.
 CLIENT_BOUND_CPU = 0.9
 
@@ -186,7 +192,7 @@ class FrameBatches:
 
 
 class EchoClient(asyncio.Protocol):
-    """One benchmark connection: upgrade, then keep ``window`` messages in flight.
+    """One benchmark connection: upgrade, then, while resumed, keep ``window`` messages in flight.
 
     Echoed frames are read by header only. The expected case (one unfragmented frame of the
     sent opcode and length) takes a short path; fragmented echoes and control frames are
@@ -194,13 +200,13 @@ class EchoClient(asyncio.Protocol):
     """
 
     def __init__(self, port: int, message: Message, batches: FrameBatches, window: int) -> None:
-        loop = asyncio.get_running_loop()
+        self._loop = asyncio.get_running_loop()
         self.received = 0
         self.error: str | None = None
         self.warning: str | None = None
-        self.opened: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self._drained: asyncio.Future[None] = loop.create_future()
+        self.opened: asyncio.Future[None] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self._drained: asyncio.Future[None] = self._loop.create_future()
         self._request, self._accept = handshake_request(port)
         self._message = message
         self._batches = batches
@@ -211,7 +217,7 @@ class EchoClient(asyncio.Protocol):
         self._head = bytearray()
         self._open = False
         self._in_flight = 0
-        self._stopping = False
+        self._paused = True
         self._close_sent = False
         self._pending = b""  # an incomplete frame header (or control frame) from the last read
         self._skip = 0  # payload bytes of the current frame still to arrive
@@ -237,21 +243,35 @@ class EchoClient(asyncio.Protocol):
             if not future.done():
                 future.set_result(None)
 
-    # client side
+    # load control
 
-    async def shutdown(self, grace: float) -> None:
-        """Stop sending, wait for the echoes in flight, then close the connection cleanly."""
-        self._stopping = True
-        transport = self._transport
-        if transport is None or self.closed.done():
+    def resume(self) -> None:
+        """Fill the window and refill it with every echo until paused."""
+        if not self._open or self.closed.done() or not self._paused:
             return
-        if self._in_flight == 0 and not self._drained.done():
-            self._drained.set_result(None)
+        assert self._transport is not None
+        self._paused = False
+        self._drained = self._loop.create_future()
+        missing = self._window - self._in_flight
+        if missing > 0:
+            self._transport.write(self._batches.get(missing))
+            self._in_flight += missing
+
+    async def pause(self, grace: float) -> None:
+        """Stop refilling and wait until the messages in flight have been echoed."""
+        self._paused = True
+        if self._in_flight == 0 or self.closed.done():
+            return
         try:
             await asyncio.wait_for(asyncio.shield(self._drained), grace)
         except TimeoutError:
-            self.warning = f"{self._in_flight} echoes still missing {grace:g} s after the run"
-        if self.closed.done():
+            self.warning = f"{self._in_flight} echoes still missing {grace:g} s after a pause"
+
+    async def close(self, grace: float) -> None:
+        """Drain, then do the closing handshake, waiting for the server to end the TCP link."""
+        await self.pause(grace)
+        transport = self._transport
+        if transport is None or self.closed.done():
             return
         self._close_sent = True
         transport.write(close_frame(self._message.key))
@@ -279,9 +299,6 @@ class EchoClient(asyncio.Protocol):
         self._open = True
         self._head.clear()
         self.opened.set_result(None)
-        assert self._transport is not None
-        self._transport.write(self._batches.get(self._window))
-        self._in_flight = self._window
         if rest:
             self._feed(rest)
 
@@ -347,7 +364,7 @@ class EchoClient(asyncio.Protocol):
         self._in_flight -= count
         if self._in_flight < 0:
             self._fail("more echoes than messages sent")
-        elif self._stopping:
+        elif self._paused:
             if self._in_flight == 0 and not self._drained.done():
                 self._drained.set_result(None)
         else:
@@ -441,7 +458,11 @@ async def verify_echo(port: int, message: Message) -> None:
         if payload != message.payload:
             raise ProtocolError(f"{message.size}-byte {message.kind} message echoed altered")
         writer.write(close_frame(message.key))
-        await reader.read()  # the server's close frame, then EOF
+        # The server's close frame, then EOF; a slow close is left to the timed connections to
+        # report.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(1.0):
+                await reader.read()
     finally:
         writer.close()
         with contextlib.suppress(OSError):
@@ -575,7 +596,7 @@ class Case:
 
 @dataclass(frozen=True)
 class Run:
-    """One timed window of one case on one server."""
+    """What one server did in one or more timed slices."""
 
     messages: int
     seconds: float
@@ -594,117 +615,245 @@ class Run:
     def per_server_cpu(self) -> float | None:
         return self.messages / self.server_cpu if self.server_cpu else None
 
+    @staticmethod
+    def total(runs: Sequence[Run]) -> Run:
+        server_cpus = [run.server_cpu for run in runs]
+        return Run(
+            sum(run.messages for run in runs),
+            sum(run.seconds for run in runs),
+            sum(run.client_cpu for run in runs),
+            None if None in server_cpus else sum(cpu or 0.0 for cpu in server_cpus),
+        )
+
+    def to_json(self, size: int) -> dict[str, Any]:
+        return {
+            "messages": self.messages,
+            "seconds": self.seconds,
+            "msgs_per_s": self.rate,
+            "mib_per_s": self.rate * size / 2**20,
+            "client_cpu_s": self.client_cpu,
+            "server_cpu_s": self.server_cpu,
+        }
+
 
 @dataclass
 class Options:
     window: int
     duration: float
+    slice: float
     warmup: float
+    prime: float
     timeout: float
 
 
-def collect_errors(clients: Sequence[EchoClient]) -> list[str]:
-    return [f"connection {i}: {c.error}" for i, c in enumerate(clients) if c.error]
+class Pool:
+    """The connections of one case to one server, loaded only while measuring or warming up."""
 
+    def __init__(self, server: Server, clients: list[EchoClient]) -> None:
+        self.server = server
+        self.clients = clients
+        self._timed = [0] * len(clients)  # echoes per connection inside timed slices
 
-async def run_case(
-    server: Server, case: Case, message: Message, batches: FrameBatches, opts: Options
-) -> tuple[Run, list[str]]:
-    """Drive ``server`` with ``case.conns`` connections; return the run and shutdown warnings."""
-    loop = asyncio.get_running_loop()
-    clients = [EchoClient(server.port, message, batches, opts.window) for _ in range(case.conns)]
+    @classmethod
+    async def open(cls, server: Server, case: Case, message: Message, opts: Options) -> Pool:
+        loop = asyncio.get_running_loop()
+        batches = FrameBatches(message.frame, opts.window)
+        clients = [
+            EchoClient(server.port, message, batches, opts.window) for _ in range(case.conns)
+        ]
+        pool = cls(server, clients)
 
-    async def connect(client: EchoClient) -> None:
-        await loop.create_connection(lambda: client, HOST, server.port)
-        await client.opened
+        async def connect(client: EchoClient) -> None:
+            await loop.create_connection(lambda: client, HOST, server.port)
+            await client.opened
 
-    try:
         try:
-            async with asyncio.timeout(opts.timeout):
-                await asyncio.gather(*(connect(client) for client in clients))
-        except (OSError, TimeoutError) as exc:
-            raise BenchmarkError(f"cannot open {case.conns} connections: {exc!r}") from exc
-        if errors := collect_errors(clients):
-            raise BenchmarkError("; ".join(errors[:3]))
-        await asyncio.sleep(opts.warmup)
-        before = [c.received for c in clients]
-        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), server.cpu_seconds()
-        await asyncio.sleep(opts.duration)
-        after = [c.received for c in clients]
+            try:
+                async with asyncio.timeout(opts.timeout):
+                    await asyncio.gather(*(connect(client) for client in clients))
+            except (OSError, TimeoutError) as exc:
+                reason = f"cannot open {case.conns} connections: {exc!r}"
+                raise BenchmarkError(f"{server.name}: {reason}") from exc
+            pool.check()
+        except BenchmarkError:
+            await pool.close(opts.timeout)
+            raise
+        return pool
+
+    def check(self) -> None:
+        errors = [f"connection {i}: {c.error}" for i, c in enumerate(self.clients) if c.error]
+        if errors:
+            self.server.check_alive()
+            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+            raise BenchmarkError(f"{self.server.name}: {'; '.join(errors[:3])}{more}")
+
+    async def warm_up(self, seconds: float, grace: float) -> None:
+        for client in self.clients:
+            client.resume()
+        await asyncio.sleep(seconds)
+        await asyncio.gather(*(client.pause(grace) for client in self.clients))
+        self.check()
+
+    async def measure(self, seconds: float, grace: float) -> Run:
+        """Load the server, let it settle, count echoes for ``seconds``, then drain."""
+        for client in self.clients:
+            client.resume()
+        await asyncio.sleep(SETTLE)
+        before = [client.received for client in self.clients]
+        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), self.server.cpu_seconds()
+        await asyncio.sleep(seconds)
+        after = [client.received for client in self.clients]
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
-        server_cpu_after = server.cpu_seconds()
-        if errors := collect_errors(clients):
-            raise BenchmarkError("; ".join(errors[:3]))
-        if stalled := sum(b == a for b, a in zip(before, after, strict=True)):
-            raise BenchmarkError(f"{stalled} connections got no echo in the timed window")
+        server_cpu_after = self.server.cpu_seconds()
+        await asyncio.gather(*(client.pause(grace) for client in self.clients))
+        self.check()
+        for i, (b, a) in enumerate(zip(before, after, strict=True)):
+            self._timed[i] += a - b
         used = None
         if server_cpu is not None and server_cpu_after is not None:
             used = server_cpu_after - server_cpu
-        run = Run(sum(after) - sum(before), wall, cpu, used)
-    finally:
-        await asyncio.gather(*(c.shutdown(opts.timeout) for c in clients))
-    warnings = sorted({c.warning for c in clients if c.warning})
-    return run, warnings
+        return Run(sum(after) - sum(before), wall, cpu, used)
+
+    def check_all_served(self) -> None:
+        if stalled := self._timed.count(0):
+            raise BenchmarkError(f"{self.server.name}: {stalled} connections got no echo at all")
+
+    async def close(self, grace: float) -> list[str]:
+        await asyncio.gather(*(client.close(grace) for client in self.clients))
+        return sorted({client.warning for client in self.clients if client.warning})
 
 
 @dataclass
 class CaseResult:
+    """All repetitions of one case: for each server, a list of timed slices per repetition."""
+
     case: Case
-    runs: dict[str, list[Run]] = field(default_factory=lambda: {OURS: [], PEER: []})
+    slices: dict[str, list[list[Run]]] = field(default_factory=lambda: {OURS: [], PEER: []})
+
+    def runs(self, name: str) -> list[Run]:
+        return [Run.total(slices) for slices in self.slices[name]]
 
     def rate(self, name: str) -> float:
-        return statistics.median(run.rate for run in self.runs[name])
+        return statistics.median(run.rate for run in self.runs(name))
 
     def ratio(self) -> float:
-        """Median of the hub/websockets ratios of runs made back to back."""
-        pairs = zip(self.runs[OURS], self.runs[PEER], strict=True)
+        """Median over repetitions of the hub/websockets message rate ratio."""
+        pairs = zip(self.runs(OURS), self.runs(PEER), strict=True)
         return statistics.median(ours.rate / peer.rate for ours, peer in pairs)
 
     def cpu_ratio(self) -> float | None:
-        """Median ratio of messages per second of server CPU time."""
+        """The same ratio for messages per second of server CPU time."""
         ratios = []
-        for ours, peer in zip(self.runs[OURS], self.runs[PEER], strict=True):
+        for ours, peer in zip(self.runs(OURS), self.runs(PEER), strict=True):
             if ours.per_server_cpu is None or peer.per_server_cpu is None:
                 return None
             ratios.append(ours.per_server_cpu / peer.per_server_cpu)
         return statistics.median(ratios)
 
+    def slice_ratios(self) -> list[float]:
+        """Ratios of the slices that ran back to back, over all repetitions."""
+        return [
+            ours.rate / peer.rate
+            for ours_slices, peer_slices in zip(self.slices[OURS], self.slices[PEER], strict=True)
+            for ours, peer in zip(ours_slices, peer_slices, strict=True)
+        ]
+
+    def slice_spread(self) -> tuple[float, float]:
+        """The interquartile range of the back-to-back slice ratios."""
+        ratios = self.slice_ratios()
+        if len(ratios) < 2:
+            return ratios[0], ratios[0]
+        quartiles = statistics.quantiles(ratios, n=4)
+        return quartiles[0], quartiles[2]
+
     def client_load(self) -> float:
-        return max(run.client_load for runs in self.runs.values() for run in runs)
+        return max(run.client_load for name in self.slices for run in self.runs(name))
 
     def to_json(self) -> dict[str, Any]:
+        size = self.case.size
         servers = {
             name: {
                 "msgs_per_s": self.rate(name),
-                "runs": [
+                "repetitions": [
                     {
-                        "messages": run.messages,
-                        "seconds": run.seconds,
-                        "msgs_per_s": run.rate,
-                        "mib_per_s": run.rate * self.case.size / 2**20,
-                        "client_cpu_s": run.client_cpu,
-                        "server_cpu_s": run.server_cpu,
+                        **Run.total(slices).to_json(size),
+                        "slices": [run.to_json(size) for run in slices],
                     }
-                    for run in runs
+                    for slices in self.slices[name]
                 ],
             }
-            for name, runs in self.runs.items()
+            for name in self.slices
         }
+        low, high = self.slice_spread()
         return {
             "case": self.case.label,
             "kind": self.case.kind,
-            "size": self.case.size,
+            "size": size,
             "conns": self.case.conns,
             **servers,
             "ratio": self.ratio(),
             "ratio_per_server_cpu": self.cpu_ratio(),
+            "slice_ratio_median": statistics.median(self.slice_ratios()),
+            "slice_ratio_quartiles": [low, high],
             "max_client_cpu_share": self.client_load(),
         }
 
 
+async def run_case(
+    servers: dict[str, Server], case: Case, message: Message, opts: Options, first: str
+) -> tuple[dict[str, list[Run]], list[str]]:
+    """Time both servers on ``case`` in alternating slices, ``first`` first (ABBA order).
+
+    Returns each server's slices and any warnings from closing the connections.
+    """
+    order = [first, *(name for name in servers if name != first)]
+    pools: dict[str, Pool] = {}
+    warnings: list[str] = []
+    try:
+        for name in order:
+            pools[name] = await Pool.open(servers[name], case, message, opts)
+        for name in order:
+            await pools[name].warm_up(opts.warmup, opts.timeout)
+        count = max(1, round(opts.duration / opts.slice))
+        slices: dict[str, list[Run]] = {name: [] for name in order}
+        for i in range(count):
+            for name in order if i % 2 == 0 else reversed(order):
+                run = await pools[name].measure(opts.duration / count, opts.timeout)
+                slices[name].append(run)
+        for pool in pools.values():
+            pool.check_all_served()
+    finally:
+        for name, pool in pools.items():
+            notes = await pool.close(opts.timeout)
+            warnings.extend(f"{case.label} on {name}: {note}" for note in notes)
+    return slices, warnings
+
+
 def log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+async def prime(
+    servers: dict[str, Server], messages: dict[tuple[str, int], Message], conns: int, opts: Options
+) -> None:
+    """Load every server with every message, untimed, before any case is timed.
+
+    A fresh Python server's speed with large messages depends on its history (glibc malloc
+    adapts its mmap threshold to the buffers it frees: until then, page faults). Priming lets
+    both servers reach their steady state first, so neither is measured while still adapting.
+    """
+    if opts.prime <= 0:
+        return
+    seconds = opts.prime / len({kind for kind, _ in messages})
+    for (kind, size), message in sorted(messages.items(), key=lambda item: item[0][1]):
+        for server in servers.values():
+            pool = await Pool.open(server, Case(kind, size, conns), message, opts)
+            try:
+                await pool.warm_up(seconds, opts.timeout)
+            finally:
+                await pool.close(opts.timeout)
+    log(f"primed both servers: {opts.prime:g} s per message size, {conns} connection(s)")
 
 
 async def run_all(
@@ -724,33 +873,33 @@ async def run_all(
             except (ProtocolError, OSError, EOFError, TimeoutError) as exc:
                 desc = f"{format_size(message.size)} {message.kind}"
                 raise BenchmarkError(f"{name} failed the echo check ({desc}): {exc!r}") from exc
-    log(f"echo check passed on both servers for {len(messages)} messages")
+    log(f"echo check passed on both servers ({len(messages)} kinds and sizes of message)")
+    await prime(servers, messages, max(case.conns for case in cases), opts)
 
     results = [CaseResult(case) for case in cases]
     warnings: list[str] = []
-    total = repeat * len(cases) * 2
     done = 0
     for rep in range(repeat):
         for index, result in enumerate(results):
             case = result.case
-            message = messages[case.kind, case.size]
-            batches = FrameBatches(message.frame, opts.window)
-            order = (OURS, PEER) if (index + rep) % 2 == 0 else (PEER, OURS)
-            for name in order:
-                server = servers[name]
-                server.check_alive()
-                try:
-                    run, notes = await run_case(server, case, message, batches, opts)
-                except BenchmarkError as exc:
-                    server.check_alive()
-                    raise BenchmarkError(f"{case.label} on {name}: {exc}") from exc
-                result.runs[name].append(run)
-                warnings.extend(f"{case.label} on {name}: {note}" for note in notes)
-                done += 1
-                log(
-                    f"[{done}/{total}] {case.label:<20} {name:<10} {run.rate:>12,.0f} msg/s"
-                    f"  client CPU {run.client_load:4.0%}"
+            first = OURS if (index + rep) % 2 == 0 else PEER
+            try:
+                slices, notes = await run_case(
+                    servers, case, messages[case.kind, case.size], opts, first
                 )
+            except BenchmarkError as exc:
+                raise BenchmarkError(f"{case.label}: {exc}") from exc
+            warnings.extend(notes)
+            for name, runs in slices.items():
+                result.slices[name].append(runs)
+            done += 1
+            ours, peer = Run.total(slices[OURS]), Run.total(slices[PEER])
+            log(
+                f"[{done}/{repeat * len(cases)}] {case.label:<20}"
+                f" {OURS} {ours.rate:>9,.0f}  {PEER} {peer.rate:>9,.0f} msg/s"
+                f"  ratio {ours.rate / peer.rate:.2f}"
+                f"  client CPU {max(ours.client_load, peer.client_load):.0%}"
+            )
     return results, warnings
 
 
@@ -826,10 +975,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--duration", type=float, default=2.0, help="timed seconds per case and server (default 2)"
     )
     parser.add_argument(
+        "--slice",
+        type=float,
+        default=0.25,
+        help="the servers take turns every this many timed seconds (default 0.25)",
+    )
+    parser.add_argument(
         "--warmup",
         type=float,
         default=0.5,
-        help="untimed seconds before each timed window (default 0.5)",
+        help="untimed seconds of load on each server before a case is timed (default 0.5)",
+    )
+    parser.add_argument(
+        "--prime",
+        type=float,
+        default=1.0,
+        help="untimed seconds of load per message size on each server before any case, with"
+        " the most connections (default 1; 0 to skip)",
     )
     parser.add_argument(
         "--repeat",
@@ -861,7 +1023,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="command for the websockets peer (default: benchmarks/peers/...)",
     )
     parser.add_argument(
-        "--pin", action="store_true", help="pin this client to CPU 0 and both servers to CPU 1"
+        "--pin",
+        action="store_true",
+        help="pin this client to CPU 0 and both servers to CPU 1 (for a quiet machine only)",
     )
     parser.add_argument(
         "--json", action="store_true", help="print JSON on stdout instead of the table"
@@ -872,23 +1036,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error(f"--{name} must be at least 1")
     if any(c < 1 for c in args.conns) or any(s < 0 or s > MAX_SIZE for s in args.sizes):
         parser.error(f"--conns must be positive and --sizes within 0..{MAX_SIZE}")
-    if args.duration <= 0 or args.warmup < 0:
-        parser.error("--duration must be positive and --warmup not negative")
+    if args.duration <= 0 or args.slice <= 0 or args.warmup < 0 or args.prime < 0:
+        parser.error("--duration and --slice must be positive, --warmup and --prime not negative")
     return args
 
 
 def render_table(results: Sequence[CaseResult]) -> str:
-    header = ("case", f"{OURS} msg/s", f"{PEER} msg/s", "ratio", "ratio/CPU", "client CPU")
+    header = (
+        "case",
+        f"{OURS} msg/s",
+        f"{PEER} msg/s",
+        "ratio",
+        "slice IQR",
+        "ratio/CPU",
+        "client CPU",
+    )
     rows = [header]
     for result in results:
         cpu_ratio = result.cpu_ratio()
         load = result.client_load()
+        low, high = result.slice_spread()
         rows.append(
             (
                 result.case.label,
                 f"{result.rate(OURS):,.0f}",
                 f"{result.rate(PEER):,.0f}",
                 f"{result.ratio():.2f}",
+                f"{low:.2f}-{high:.2f}",
                 "n/a" if cpu_ratio is None else f"{cpu_ratio:.2f}",
                 f"{load:.0%}" + (" *" if load > CLIENT_BOUND_CPU else ""),
             )
@@ -906,9 +1080,10 @@ def render_table(results: Sequence[CaseResult]) -> str:
 
 
 TABLE_NOTES = f"""\
-ratio: {OURS}/{PEER} msg/s (median of back-to-back pairs when repeated; > 1 means {OURS} is faster)
-ratio/CPU: the same for messages per second of server CPU time, which noise disturbs less
-client CPU: the load client's busiest share of one core; * marks a case it may have limited"""
+ratio: {OURS} msg/s / {PEER} msg/s, > 1 when {OURS} is faster (median over repetitions)
+slice IQR: interquartile range of the ratios of slices run back to back: the noise to expect
+ratio/CPU: the same ratio for messages per second of each server process's own CPU time
+client CPU: the load client's share of one core; * marks a case it may have limited"""
 
 
 def environment() -> dict[str, Any]:
@@ -933,9 +1108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for conns in args.conns
         for kind in args.kinds
     ]
-    opts = Options(args.window, args.duration, args.warmup, args.timeout)
-    runs = 2 * len(cases) * args.repeat
-    log(f"{runs} timed runs, about {runs * (opts.duration + opts.warmup + 0.3):.0f} s")
+    opts = Options(args.window, args.duration, args.slice, args.warmup, args.prime, args.timeout)
+    slices = max(1, round(opts.duration / opts.slice))
+    per_case = 2 * (opts.duration + opts.warmup + slices * (SETTLE + 0.02) + 0.2)
+    runs = len(cases) * args.repeat
+    priming = 2 * len(args.sizes) * (opts.prime + 0.2 * len(args.kinds))
+    log(f"{runs} cases to run, about {runs * per_case + priming:.0f} s")
 
     def interrupted(signum: int, frame: FrameType | None) -> None:
         raise SystemExit(128 + signum)
@@ -955,25 +1133,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkError as exc:
         log(f"error: {exc}")
         return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
     finally:
         for server in servers.values():
             server.stop()
 
     for name, text in server_logs.items():
-        if text:
-            warnings.append(f"{name} server wrote to its log; last lines:\n{text}")
+        if any(word in text.lower() for word in TROUBLE_WORDS):
+            warnings.append(f"{name} server's log may show trouble; its last lines:\n{text}")
     if args.json:
         report = {
             "environment": environment(),
             "config": {
                 "window": opts.window,
                 "duration_s": opts.duration,
+                "slice_s": opts.duration / slices,
+                "settle_s": SETTLE,
                 "warmup_s": opts.warmup,
+                "prime_s": opts.prime,
                 "repeat": args.repeat,
                 "seed": args.seed,
                 "pinned": args.pin,
             },
-            "servers": {name: {"argv": server.argv} for name, server in servers.items()},
+            "servers": {
+                name: {"argv": server.argv, "log_tail": server_logs[name]}
+                for name, server in servers.items()
+            },
             "cases": [result.to_json() for result in results],
             "warnings": warnings,
         }
@@ -981,7 +1168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         env = environment()
         print(
-            f"echo benchmark: window {opts.window}, {opts.duration:g} s per run, "
+            f"echo benchmark: window {opts.window}, {opts.duration:g} s per server and case "
+            f"in {slices} slices, "
             f"repeat {args.repeat}; Python {env['python']}, {env['cpus']} CPUs, "
             f"websockets {env['websockets']}"
         )

@@ -22,7 +22,7 @@ def per_byte(data: bytes, mask: bytes) -> bytes:
 def peers() -> dict[str, Masker]:
     maskers: dict[str, Masker] = {"hub": apply_mask}
     try:
-        from websockets.speedups import apply_mask as websockets_c  # type: ignore[import-not-found]
+        from websockets.speedups import apply_mask as websockets_c
     except ImportError:
         pass
     else:

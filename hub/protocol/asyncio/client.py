@@ -75,6 +75,8 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
 
     def handshake_data_received(self, data: bytes) -> None:
         if self._response.done():
+            # Frames that follow the 101 before the switch to framing: keep them for it.
+            self._head_parser.rest += data
             return
         try:
             response = self._head_parser.feed(data)

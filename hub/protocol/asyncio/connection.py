@@ -217,7 +217,7 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         if kind not in (str, bytes):
             raise TypeError("fragments must be str or bytes")
         self._fragmented_send = self.loop.create_future()
-        first = True
+        first = True  # True until the first fragment is on its way
         try:
             async for fragment in fragments:
                 if type(fragment) is not kind:
@@ -232,7 +232,7 @@ class WebSocketCommonProtocol(asyncio.Protocol):
             self._send_fragment(core, previous, first=first, fin=True)
         except BaseException:
             # A half-sent message cannot be completed or withdrawn: fail the connection.
-            if core.state is OPEN:
+            if not first and core.state is OPEN:
                 core.fail(1011, "error while sending a fragmented message")
                 self._flush()
             raise
@@ -371,15 +371,18 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         core = self.core
         assert core is not None
         queued = False
+        messages = self._messages
         for event in core.events_received():
             if type(event) is Message:
-                self._messages.append(event.data)
+                if len(messages) >= self.max_queue and core.state is not OPEN:
+                    continue  # closing and nobody reads: see _closing_started
+                messages.append(event.data)
                 queued = True
             elif type(event) is Pong:
                 self._pong_received(event.data)
         if queued:
             self._wake_recv()
-            if len(self._messages) >= self.max_queue and not self._reading_paused:
+            if len(messages) >= self.max_queue and not self._reading_paused and core.state is OPEN:
                 self._reading_paused = True
                 assert self.transport is not None
                 self.transport.pause_reading()
@@ -403,14 +406,27 @@ class WebSocketCommonProtocol(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
         if self._pending_writes:
-            if self._pending_size >= self.write_limit:
-                self._write_pending()
+            assert self.transport is not None
+            if self._pending_size + self.transport.get_write_buffer_size() >= self.write_limit:
+                self._write_pending()  # over the limit: let the transport pause us now
             elif not self._write_scheduled:
                 self._write_scheduled = True
                 self.loop.call_soon(self._write_pending)
         if core.state is not OPEN and self._close_deadline is None and not self._lost.done():
-            # The closing handshake has started: bound how long the peer may take to finish it.
-            self._close_deadline = self.loop.call_later(self.close_timeout, self._close_timed_out)
+            self._closing_started()
+
+    def _closing_started(self) -> None:
+        """Bound the closing handshake by close_timeout, and read until the peer's close frame.
+
+        Reading may be paused because the application stopped calling recv(); the peer's close
+        frame (section 7.1.3) must still get through, so reading resumes, and data messages
+        beyond max_queue are dropped from then on (_process_events) to keep memory bounded.
+        """
+        self._close_deadline = self.loop.call_later(self.close_timeout, self._close_timed_out)
+        if self._reading_paused:
+            self._reading_paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
 
     def _write_pending(self) -> None:
         self._write_scheduled = False

@@ -149,10 +149,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 if inspect.isawaitable(answer):
                     answer = await answer
             if answer is not None:
-                status, headers, body = answer
-                self._write_response(
-                    Response(status, status_phrase(status), Headers(headers), body)
-                )
+                self._write_response(_plain_http_response(*answer))
                 return False
             response, self.subprotocol = self.handshake.accept(request)
         except HandshakeError as exc:
@@ -170,6 +167,13 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             if self.transport is not None and self.transport.is_closing():
                 return False  # The client went away during the handshake.
             raise
+        except Exception:
+            # A hook (process_request, select_subprotocol) failed: our bug, not the client's.
+            self.logger.error("opening handshake hook failed", exc_info=True)
+            self._write_response(
+                reject(500, "Failed to open a WebSocket connection: internal error.")
+            )
+            return False
         self.response_headers = response.headers
         assert self.transport is not None
         self.transport.write(response.serialize())
@@ -201,6 +205,16 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     def _abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _plain_http_response(status: int, headers: HeadersLike, body: bytes) -> Response:
+    """A ``process_request`` answer, framed so that the client knows where the body ends."""
+    response_headers = Headers(headers)
+    if "Content-Length" not in response_headers:
+        response_headers["Content-Length"] = str(len(body))
+    if "Connection" not in response_headers:
+        response_headers["Connection"] = "close"
+    return Response(status, status_phrase(status), response_headers, body)
 
 
 class WebSocketServer:
