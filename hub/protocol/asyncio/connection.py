@@ -391,9 +391,11 @@ class WebSocketCommonProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         """Queue what the core produced for writing; ``b""`` means close TCP (server first).
 
-        Frames are coalesced into one ``transport.write`` per event-loop turn: a burst of sends
-        costs one syscall instead of one each. The queue is written at once when it reaches
-        ``write_limit``, so a sender that never yields still meets flow control.
+        The first frame of an event-loop turn is written at once, so that the peer can start on
+        it; the frames that follow in the same turn are coalesced into one ``transport.write`` at
+        the end of the turn: a burst of sends costs two syscalls instead of one each. The queue is
+        written early when it reaches ``write_limit``, so a sender that never yields still meets
+        flow control.
         """
         core = self.core
         assert core is not None
@@ -402,16 +404,17 @@ class WebSocketCommonProtocol(asyncio.Protocol):
                 self._pending_writes.append(data)
                 self._pending_size += len(data)
             else:
-                self._write_pending()
+                self._write_now()
                 assert self.transport is not None
                 self.transport.close()
         if self._pending_writes:
             assert self.transport is not None
-            if self._pending_size + self.transport.get_write_buffer_size() >= self.write_limit:
-                self._write_pending()  # over the limit: let the transport pause us now
-            elif not self._write_scheduled:
+            if not self._write_scheduled:
+                self._write_now()
                 self._write_scheduled = True
                 self.loop.call_soon(self._write_pending)
+            elif self._pending_size + self.transport.get_write_buffer_size() >= self.write_limit:
+                self._write_now()  # over the limit: let the transport pause us now
         if core.state is not OPEN and self._close_deadline is None and not self._lost.done():
             self._closing_started()
 
@@ -429,7 +432,11 @@ class WebSocketCommonProtocol(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _write_pending(self) -> None:
+        """End of a loop turn: write what was coalesced; the next frame opens a new turn."""
         self._write_scheduled = False
+        self._write_now()
+
+    def _write_now(self) -> None:
         pending = self._pending_writes
         if not pending:
             return
