@@ -17,10 +17,6 @@ __all__ = ["Frame", "FrameReader"]
 
 _KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
 
-# Drop consumed bytes from the front of the buffer once this many have piled up; compacting on
-# every frame would copy the buffer for every small frame of a large read.
-_COMPACT_AFTER = 65536
-
 
 class Frame(NamedTuple):
     """One frame with its payload already unmasked; ``rsv`` holds the RSV1-3 bits (0x70 mask)."""
@@ -45,7 +41,6 @@ class FrameReader:
         self.allowed_rsv = allowed_rsv
         self.error: ProtocolError | None = None
         self._buffer = bytearray()
-        self._position = 0
         # Opcode of the data message being fragmented (section 5.4), None between messages.
         self._fragmented_opcode: int | None = None
         self._message_size = 0
@@ -58,60 +53,74 @@ class FrameReader:
         if self.error is not None:
             return []
         buffer = self._buffer
-        buffer += data
+        # Parse straight from the received bytes unless a partial frame is waiting for them.
+        if buffer:
+            buffer += data
+            source: bytes | bytearray = buffer
+        else:
+            source = data
         frames: list[Frame] = []
         try:
-            self._parse(buffer, frames)
+            consumed = self._parse(source, frames)
         except ProtocolError as exc:
             self.error = exc
             self._buffer = bytearray()
-            self._position = 0
+            return frames
+        if source is buffer:
+            del buffer[:consumed]  # amortized O(1) at the front of a bytearray
+        elif consumed < len(data):
+            buffer += data[consumed:]
         return frames
 
-    def _parse(self, buffer: bytearray, frames: list[Frame]) -> None:
-        position = self._position
-        available = len(buffer)
+    def _parse(self, data: bytes | bytearray, frames: list[Frame]) -> int:
+        """Append every complete frame in ``data`` to ``frames``; return the bytes consumed."""
+        position = 0
+        available = len(data)
+        mask_expected = self.mask_expected
+        max_size = self.max_size
         while available - position >= 2:
-            first, second = buffer[position], buffer[position + 1]
+            first, second = data[position], data[position + 1]
             length = second & 0x7F
             header_size = 2
             if length == 126:
                 header_size = 4
             elif length == 127:
                 header_size = 10
-            masked = second & 0x80
+            masked = second >= 0x80
             if masked:
                 header_size += 4
             if available - position < header_size:
                 break
             if length == 126:
-                length = int.from_bytes(buffer[position + 2 : position + 4], "big")
+                length = int.from_bytes(data[position + 2 : position + 4], "big")
             elif length == 127:
-                length = int.from_bytes(buffer[position + 2 : position + 10], "big")
+                length = int.from_bytes(data[position + 2 : position + 10], "big")
                 if length >> 63:  # Section 5.2: the most significant bit MUST be 0.
                     raise ProtocolError("64-bit payload length with the high bit set")
-            self._check_header(first, length, bool(masked))
-            end = position + header_size + length
+            # Fast path for the common frame: a whole text or binary message, no RSV bits.
+            simple = (
+                (first == 0x81 or first == 0x82)
+                and masked is mask_expected
+                and self._fragmented_opcode is None
+                and (max_size is None or length <= max_size)
+            )
+            if not simple:
+                self._check_header(first, length, masked)
+            start = position + header_size
+            end = start + length
             if available < end:
                 break
-            opcode = first & 0x0F
             if masked:
-                key = bytes(buffer[position + header_size - 4 : position + header_size])
-                payload = apply_mask(buffer[position + header_size : end], key)
+                payload = apply_mask(data[start:end], bytes(data[start - 4 : start]))
             else:
-                payload = bytes(buffer[position + header_size : end])
-            fin = bool(first & 0x80)
-            if opcode < 0x8:
+                payload = bytes(data[start:end])
+            opcode = first & 0x0F
+            fin = first >= 0x80
+            if not simple and opcode < 0x8:
                 self._track_fragmentation(opcode, length, fin)
             frames.append(Frame(opcode, payload, fin, first & 0x70))
             position = end
-        if position == available:
-            buffer.clear()
-            position = 0
-        elif position >= _COMPACT_AFTER:
-            del buffer[:position]
-            position = 0
-        self._position = position
+        return position
 
     def _check_header(self, first: int, length: int, masked: bool) -> None:
         """Validate one frame header (sections 5.2-5.5) against the fragmentation state.
