@@ -8,6 +8,7 @@ import logging
 import signal
 
 from hub.protocol.asyncio import WebSocketServerProtocol, serve
+from hub.protocol.permessage_deflate import Compression
 
 
 async def echo(websocket: WebSocketServerProtocol) -> None:
@@ -15,8 +16,9 @@ async def echo(websocket: WebSocketServerProtocol) -> None:
         await websocket.send(message)
 
 
-async def main(host: str, port: int, max_size: int | None) -> None:
-    async with serve(echo, host, port, max_size=max_size) as server:
+async def main(host: str, port: int, max_size: int | None, compression: bool) -> None:
+    deflate: Compression = "deflate" if compression else None
+    async with serve(echo, host, port, max_size=max_size, compression=deflate) as server:
         stop = asyncio.get_running_loop().create_future()
         for signum in (signal.SIGINT, signal.SIGTERM):
             asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, None)
@@ -33,14 +35,14 @@ def run() -> None:
     parser.add_argument(
         "--no-compression",
         action="store_true",
-        help="accepted for forward compatibility; compression is not implemented yet",
+        help="do not negotiate permessage-deflate (RFC 7692)",
     )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args()
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    asyncio.run(main(args.host, args.port, args.max_size or None))
+    asyncio.run(main(args.host, args.port, args.max_size or None, not args.no_compression))
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from typing import NamedTuple
 from hub.exceptions import InvalidPayloadData, ProtocolError, UsageError
 from hub.protocol.frames import MAX_CONTROL_PAYLOAD, Close, Opcode, is_valid_close_code
 from hub.protocol.frames import serialize_frame as _serialize
-from hub.protocol.reader import Frame, FrameReader
+from hub.protocol.permessage_deflate import PerMessageDeflate
+from hub.protocol.reader import RSV1, Frame, FrameReader
 
 __all__ = [
     "CLIENT",
@@ -106,7 +107,8 @@ def describe_frame(opcode: int, payload: bytes | str, fin: bool) -> str:
 class Connection:
     """A WebSocket connection after the handshake; see the module docstring for how to drive it.
 
-    ``max_size`` bounds one message (1009 beyond it); ``None`` means no bound.
+    ``max_size`` bounds one message (1009 beyond it), after decompression; ``None`` means no
+    bound. ``deflate`` is the permessage-deflate codec the handshake negotiated, if any.
     """
 
     def __init__(
@@ -115,6 +117,7 @@ class Connection:
         *,
         max_size: int | None = 2**20,
         logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None,
+        deflate: PerMessageDeflate | None = None,
     ) -> None:
         self.side = side
         self.state = OPEN
@@ -122,7 +125,13 @@ class Connection:
         # Checked once: formatting every frame for a disabled DEBUG log would cost more than it.
         self.debug = self.logger.isEnabledFor(logging.DEBUG)
         self._mask = side is CLIENT
-        self._reader = FrameReader(mask_expected=side is SERVER, max_size=max_size)
+        self.max_size = max_size
+        self.deflate = deflate
+        self._reader = FrameReader(
+            mask_expected=side is SERVER,
+            max_size=max_size,
+            allowed_rsv=0 if deflate is None else RSV1,
+        )
         self._events: list[Event] = []
         self._output: list[bytes] = []
         self._discarding = False
@@ -136,8 +145,12 @@ class Connection:
         # Incoming fragmented message (section 5.4): parts so far, and the decoder if it is text.
         self._parts: list[str] | list[bytes] = []
         self._decoder: codecs.IncrementalDecoder | None = None
-        # Outgoing fragmented message: True between its first and its last frame.
+        # Whether the message being received is compressed (RSV1 on its first frame).
+        self._inflating = False
+        # Outgoing fragmented message: True between its first and its last frame, and whether
+        # its frames are compressed.
         self._sending_fragments = False
+        self._deflating = False
 
     # --- input ------------------------------------------------------------------------------------
 
@@ -172,8 +185,16 @@ class Connection:
 
     def _receive_frame(self, frame: Frame) -> None:
         opcode, payload, fin = frame.opcode, frame.payload, frame.fin
+        inflated = False
+        if opcode < 0x8 and self.deflate is not None:
+            if opcode != Opcode.CONT:
+                self._inflating = bool(frame.rsv & RSV1)
+            if self._inflating:
+                payload = self.deflate.decompress(payload, final=fin, max_size=self.max_size)
+                inflated = True
         if self.debug:
-            self.logger.debug("< %s", describe_frame(opcode, payload, fin))
+            tag = " [compressed]" if inflated else ""
+            self.logger.debug("< %s%s", describe_frame(opcode, payload, fin), tag)
         if opcode == Opcode.TEXT:
             if fin:
                 try:
@@ -244,21 +265,15 @@ class Connection:
 
     def send_text(self, data: str, *, fin: bool = True) -> None:
         """Queue a text message (or its first fragment when ``fin`` is False)."""
-        self._check_can_send_data(new_message=True)
-        self._sending_fragments = not fin
-        self._send_frame(Opcode.TEXT, data.encode(), fin)
+        self._send_data(Opcode.TEXT, data.encode(), fin)
 
     def send_binary(self, data: bytes | bytearray | memoryview, *, fin: bool = True) -> None:
         """Queue a binary message (or its first fragment when ``fin`` is False)."""
-        self._check_can_send_data(new_message=True)
-        self._sending_fragments = not fin
-        self._send_frame(Opcode.BINARY, bytes(data), fin)
+        self._send_data(Opcode.BINARY, bytes(data), fin)
 
     def send_continuation(self, data: bytes, *, fin: bool) -> None:
         """Queue the next fragment of the message started with ``fin=False`` (section 5.4)."""
-        self._check_can_send_data(new_message=False)
-        self._sending_fragments = not fin
-        self._send_frame(Opcode.CONT, data, fin)
+        self._send_data(Opcode.CONT, data, fin)
 
     def send_ping(self, data: bytes) -> None:
         """Queue a ping; a pong with the same payload should come back (section 5.5.2)."""
@@ -323,6 +338,23 @@ class Connection:
     def _send_close_frame(self, close: Close) -> None:
         self.close_sent = close
         self._send_frame(Opcode.CLOSE, close.serialize())
+
+    def _send_data(self, opcode: int, payload: bytes, fin: bool) -> None:
+        self._check_can_send_data(new_message=opcode != Opcode.CONT)
+        deflate = self.deflate
+        if opcode != Opcode.CONT:
+            self._deflating = deflate is not None and deflate.should_compress(len(payload))
+        self._sending_fragments = not fin
+        if not self._deflating:
+            self._send_frame(opcode, payload, fin)
+            return
+        assert deflate is not None
+        if self.debug:
+            self.logger.debug("> %s [compressed]", describe_frame(opcode, payload, fin))
+        # RFC 7692 section 6.1: RSV1 on the first frame of the message only.
+        rsv = 0 if opcode == Opcode.CONT else RSV1
+        compressed = deflate.compress(payload, final=fin)
+        self._output.append(_serialize(opcode, compressed, fin=fin, mask=self._mask, rsv=rsv))
 
     def _send_frame(self, opcode: int, payload: bytes, fin: bool = True) -> None:
         if self.debug:

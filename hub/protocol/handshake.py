@@ -11,10 +11,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
+from typing import NamedTuple
 
 from hub.exceptions import (
     HandshakeError,
@@ -25,9 +27,18 @@ from hub.exceptions import (
     InvalidVersion,
     NegotiationError,
 )
+from hub.protocol.extensions import parse_extensions
 from hub.protocol.http11 import Headers, HeadersLike, Request, Response, header_tokens
+from hub.protocol.permessage_deflate import (
+    DeflateConfig,
+    PerMessageDeflate,
+    accept_offer,
+    client_accept,
+    client_offer,
+)
 
 __all__ = [
+    "Accepted",
     "ClientHandshake",
     "SelectSubprotocol",
     "ServerHandshake",
@@ -105,9 +116,12 @@ class ServerHandshake:
     subprotocols: Sequence[str] = ()
     select_subprotocol: SelectSubprotocol | None = None
     extra_headers: HeadersLike | None = None
+    #: permessage-deflate settings; None turns compression off.
+    compression: DeflateConfig | None = None
+    logger: logging.Logger | logging.LoggerAdapter[logging.Logger] | None = None
 
-    def accept(self, request: Request) -> tuple[Response, str | None]:
-        """Return the 101 response and the chosen subprotocol, or raise a HandshakeError."""
+    def accept(self, request: Request) -> Accepted:
+        """Return the 101 response and what was negotiated, or raise a HandshakeError."""
         headers = request.headers
         if len(headers.get_all("Host")) != 1:  # Section 4.2.1 item 2; RFC 9112 section 3.2.
             raise InvalidRequest("expected exactly one Host header")
@@ -129,6 +143,7 @@ class ServerHandshake:
             )
         self._check_origin(headers)
         subprotocol = self._negotiate_subprotocol(headers)
+        extension, deflate = self._negotiate_compression(headers)
 
         response_headers = Headers(
             [
@@ -139,9 +154,30 @@ class ServerHandshake:
         )
         if subprotocol is not None:
             response_headers["Sec-WebSocket-Protocol"] = subprotocol
+        if extension is not None:
+            response_headers["Sec-WebSocket-Extensions"] = extension
         if self.extra_headers is not None:
             response_headers.update(self.extra_headers)
-        return Response(101, "Switching Protocols", response_headers), subprotocol
+        return Accepted(
+            Response(101, "Switching Protocols", response_headers), subprotocol, deflate
+        )
+
+    def _negotiate_compression(
+        self, headers: Headers
+    ) -> tuple[str | None, PerMessageDeflate | None]:
+        try:
+            offers = parse_extensions(headers.get_all("Sec-WebSocket-Extensions"))
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid Sec-WebSocket-Extensions header: {exc}") from exc
+        if self.compression is None:
+            return None, None
+        outcome = accept_offer(offers, self.compression)
+        # RFC 7692 section 5: an offer we cannot accept is declined and the connection goes on
+        # uncompressed; say why, for whoever wonders where compression went.
+        logger = self.logger or logging.getLogger("hub.protocol")
+        for reason in outcome.declined:
+            logger.info("permessage-deflate offer declined: %s", reason)
+        return outcome.header, outcome.codec
 
     def _check_origin(self, headers: Headers) -> None:
         if self.origins is None:
@@ -165,6 +201,14 @@ class ServerHandshake:
         return chosen
 
 
+class Accepted(NamedTuple):
+    """What the server's handshake produced: the 101 response and the negotiated options."""
+
+    response: Response
+    subprotocol: str | None
+    deflate: PerMessageDeflate | None = None
+
+
 @dataclass
 class ClientHandshake:
     """Client-side handshake: build the upgrade request, then validate the server's response."""
@@ -175,9 +219,13 @@ class ClientHandshake:
     origin: str | None = None
     extra_headers: HeadersLike | None = None
     user_agent: str | None = SERVER_AGENT
+    #: permessage-deflate offer; None offers no compression.
+    compression: DeflateConfig | None = None
 
     def __post_init__(self) -> None:
         self.key = generate_key()
+        #: The negotiated codec, once check_response() accepted the server's answer.
+        self.deflate: PerMessageDeflate | None = None
 
     def request(self) -> Request:
         headers = Headers(
@@ -193,6 +241,8 @@ class ClientHandshake:
             headers["Origin"] = self.origin
         if self.subprotocols:
             headers["Sec-WebSocket-Protocol"] = ", ".join(self.subprotocols)
+        if self.compression is not None:
+            headers["Sec-WebSocket-Extensions"] = client_offer(self.compression)
         if self.user_agent is not None:
             headers["User-Agent"] = self.user_agent
         if self.extra_headers is not None:
@@ -207,12 +257,22 @@ class ClientHandshake:
         _check_upgrade_headers(headers, InvalidResponse)
         if headers.get_all("Sec-WebSocket-Accept") != [accept_key(self.key)]:
             raise InvalidResponse("wrong or missing Sec-WebSocket-Accept")
-        if "Sec-WebSocket-Extensions" in headers:
-            # Section 4.1 item 5: we offered no extension, so the server must not use one.
-            raise InvalidResponse("server selected an extension that was not offered")
+        self.deflate = self._check_extensions(headers)
         chosen = headers.get_all("Sec-WebSocket-Protocol")
         if not chosen:
             return None
         if len(chosen) > 1 or chosen[0] not in self.subprotocols:
             raise NegotiationError(f"server selected a subprotocol that was not offered: {chosen}")
         return chosen[0]
+
+    def _check_extensions(self, headers: Headers) -> PerMessageDeflate | None:
+        """Section 4.1 item 5: the server may only select extensions that we offered."""
+        try:
+            extensions = parse_extensions(headers.get_all("Sec-WebSocket-Extensions"))
+        except ValueError as exc:
+            raise InvalidResponse(f"invalid Sec-WebSocket-Extensions header: {exc}") from exc
+        if not extensions:
+            return None
+        if self.compression is None:
+            raise InvalidResponse("server selected an extension that was not offered")
+        return client_accept(extensions, self.compression)

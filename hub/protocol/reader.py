@@ -16,6 +16,8 @@ from hub.protocol.masking import apply_mask
 __all__ = ["Frame", "FrameReader"]
 
 _KNOWN_OPCODES = frozenset(int(op) for op in Opcode)
+#: The RSV1 bit: "compressed message" under permessage-deflate (RFC 7692 section 6).
+RSV1 = 0x40
 
 
 class Frame(NamedTuple):
@@ -44,6 +46,7 @@ class FrameReader:
         # Opcode of the data message being fragmented (section 5.4), None between messages.
         self._fragmented_opcode: int | None = None
         self._message_size = 0
+        self._compressed = False  # whether the fragmented message has RSV1 (RFC 7692)
 
     @property
     def in_fragmented_message(self) -> bool:
@@ -117,7 +120,7 @@ class FrameReader:
             opcode = first & 0x0F
             fin = first >= 0x80
             if not simple and opcode < 0x8:
-                self._track_fragmentation(opcode, length, fin)
+                self._track_fragmentation(opcode, length, fin, first & RSV1)
             frames.append(Frame(opcode, payload, fin, first & 0x70))
             position = end
         return position
@@ -134,6 +137,9 @@ class FrameReader:
             raise ProtocolError("reserved bits set without a negotiated extension")
         if opcode not in _KNOWN_OPCODES:
             raise ProtocolError(f"reserved opcode {opcode:#x}")
+        if first & RSV1 and opcode not in (Opcode.TEXT, Opcode.BINARY):
+            # RFC 7692 section 6.1: RSV1 marks the first frame of a compressed message only.
+            raise ProtocolError("RSV1 set on a control or continuation frame")
         if masked != self.mask_expected:
             # Section 5.1: a server MUST close on an unmasked client frame and vice versa.
             raise ProtocolError(
@@ -151,15 +157,23 @@ class FrameReader:
         elif self._fragmented_opcode is not None:
             raise ProtocolError("new data frame inside a fragmented message")
         if self.max_size is not None:
-            size = length if opcode != Opcode.CONT else self._message_size + length
-            if size > self.max_size:
+            if opcode == Opcode.CONT:
+                size, compressed = self._message_size + length, self._compressed
+            else:
+                size, compressed = length, bool(first & RSV1)
+            # A compressed message is bounded by max_size once inflated (the deflate layer
+            # checks that while inflating); its compressed size may exceed the inflated size by
+            # deflate's framing overhead at most, so anything bigger is refused right here.
+            limit = self.max_size + (self.max_size >> 10) + 1024 if compressed else self.max_size
+            if size > limit:
                 raise PayloadTooBig(f"message of {size} bytes exceeds max_size {self.max_size}")
 
-    def _track_fragmentation(self, opcode: int, length: int, fin: bool) -> None:
+    def _track_fragmentation(self, opcode: int, length: int, fin: bool, rsv1: int) -> None:
         if opcode == Opcode.CONT:
             self._message_size += length
         else:
             self._message_size = length
             self._fragmented_opcode = opcode
+            self._compressed = bool(rsv1)
         if fin:
             self._fragmented_opcode = None

@@ -173,7 +173,7 @@ GOOD_101 = (
         ),
         (GOOD_101.replace(b"Upgrade: websocket\r\n", b"") + b"\r\n", InvalidResponse),
         (GOOD_101.replace(b"Connection: Upgrade\r\n", b"") + b"\r\n", InvalidResponse),
-        (GOOD_101 + b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n", InvalidResponse),
+        (GOOD_101 + b"Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n\r\n", NegotiationError),
         (GOOD_101 + b"Sec-WebSocket-Protocol: unrequested\r\n\r\n", NegotiationError),
         (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", InvalidResponse),
         (b"HTTP/1.1 101 Switching", InvalidResponse),  # then the connection closes

@@ -659,10 +659,15 @@ async def test_max_queue_makes_the_server_stop_reading(
     capture = Capture()
     listener = small_buffer_socket(rcvbuf=4096)
     listener.bind(("127.0.0.1", 0))
-    server = await start_server(capture.handler, sock=listener, max_queue=2, close_timeout=0.5)
+    # No compression: these messages would shrink to a few bytes and never fill a buffer.
+    server = await start_server(
+        capture.handler, sock=listener, max_queue=2, close_timeout=0.5, compression=None
+    )
     sock = small_buffer_socket(sndbuf=4096)
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port_of(server)))
-    ws = await client(uri_of(server), sock=sock, write_limit=16384, ping_interval=None)
+    ws = await client(
+        uri_of(server), sock=sock, write_limit=16384, ping_interval=None, compression=None
+    )
     server_ws = await capture.next()
     assert server_ws.transport is not None
 

@@ -53,7 +53,8 @@ def make_request(
 
 
 def accept(request: Request, **policy: object) -> tuple[Response, str | None]:
-    return ServerHandshake(**policy).accept(request)  # type: ignore[arg-type]
+    response, subprotocol, _ = ServerHandshake(**policy).accept(request)  # type: ignore[arg-type]
+    return response, subprotocol
 
 
 def server_error(request: Request, error: type[HandshakeError], **policy: object) -> HandshakeError:
@@ -366,7 +367,7 @@ class TestSection4_1ClientRequest:
         raw = client.request().serialize()
         request = HeadParser(is_request=True).feed(raw)
         assert isinstance(request, Request)
-        response, chosen = ServerHandshake(
+        response, chosen, _ = ServerHandshake(
             origins=["https://app.example"], subprotocols=["chat"]
         ).accept(request)
         assert chosen == "chat"

@@ -15,6 +15,7 @@ from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol,
 from hub.protocol.connection import CLIENT, Connection
 from hub.protocol.handshake import ClientHandshake
 from hub.protocol.http11 import HeadersLike, HeadParser, Response
+from hub.protocol.permessage_deflate import Compression, resolve_compression
 
 __all__ = ["WebSocketClientProtocol", "WebSocketURI", "connect", "parse_uri", "unix_connect"]
 
@@ -70,7 +71,10 @@ class WebSocketClientProtocol(WebSocketCommonProtocol):
         self.response_headers = response.headers
         self.subprotocol = handshake.check_response(response)
         self.connection_opened(
-            Connection(CLIENT, max_size=self.max_size, logger=self.logger), self._head_parser.rest
+            Connection(
+                CLIENT, max_size=self.max_size, logger=self.logger, deflate=handshake.deflate
+            ),
+            self._head_parser.rest,
         )
 
     def handshake_data_received(self, data: bytes) -> None:
@@ -96,7 +100,9 @@ class connect:
     ``async with connect(uri) as ws:``.
 
     Options: ``create_protocol`` (a :class:`WebSocketClientProtocol` subclass or factory),
-    ``subprotocols``, ``extra_headers``, ``origin``, ``user_agent``, ``open_timeout``, and the
+    ``subprotocols``, ``extra_headers``, ``origin``, ``user_agent``, ``open_timeout``,
+    ``compression`` ("deflate" by default, a
+    :class:`~hub.protocol.permessage_deflate.DeflateConfig`, or None), and the
     connection options ``ping_interval``, ``ping_timeout``, ``close_timeout``, ``max_size``,
     ``max_queue``, ``write_limit``, ``logger``. Anything else (``ssl``, ``sock``,
     ``local_addr``, ``host``/``port`` overrides, ...) goes to ``loop.create_connection()``.
@@ -112,6 +118,7 @@ class connect:
         origin: str | None = None,
         user_agent: str | None = "hub",
         open_timeout: float | None = 10,
+        compression: Compression = "deflate",
         ping_interval: float | None = 20,
         ping_timeout: float | None = 20,
         close_timeout: float = 10,
@@ -130,6 +137,7 @@ class connect:
             origin=origin,
             extra_headers=extra_headers,
             user_agent=user_agent,
+            compression=resolve_compression(compression, server=False),
         )
         self._create_protocol = create_protocol or WebSocketClientProtocol
         self._protocol_options: dict[str, Any] = dict(

@@ -16,6 +16,7 @@ from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol,
 from hub.protocol.connection import SERVER, Connection
 from hub.protocol.handshake import SelectSubprotocol, ServerHandshake, reject, status_phrase
 from hub.protocol.http11 import Headers, HeadersLike, HeadParser, Request, Response
+from hub.protocol.permessage_deflate import Compression, resolve_compression
 
 __all__ = [
     "HTTPResponse",
@@ -65,6 +66,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         extra_headers: HeadersLike | None = None,
         process_request: ProcessRequest | None = None,
         open_timeout: float | None = 10,
+        compression: Compression = "deflate",
         **options: Any,
     ) -> None:
         super().__init__(**options)
@@ -78,6 +80,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             subprotocols=list(subprotocols or ()),
             select_subprotocol=self.select_subprotocol,
             extra_headers=extra_headers,
+            compression=resolve_compression(compression, server=True),
+            logger=self.logger,
         )
         self._head_parser = HeadParser(is_request=True)
         self._request: asyncio.Future[Request] = self.loop.create_future()
@@ -151,7 +155,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
             if answer is not None:
                 self._write_response(_plain_http_response(*answer))
                 return False
-            response, self.subprotocol = self.handshake.accept(request)
+            response, self.subprotocol, deflate = self.handshake.accept(request)
         except HandshakeError as exc:
             self.logger.info("opening handshake failed (%d): %s", exc.status, exc)
             extra = [("Sec-WebSocket-Version", "13")] if isinstance(exc, InvalidVersion) else None
@@ -178,7 +182,8 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
         assert self.transport is not None
         self.transport.write(response.serialize())
         self.connection_opened(
-            Connection(SERVER, max_size=self.max_size, logger=self.logger), self._head_parser.rest
+            Connection(SERVER, max_size=self.max_size, logger=self.logger, deflate=deflate),
+            self._head_parser.rest,
         )
         return True
 
@@ -311,7 +316,8 @@ class serve:
 
     - ``create_protocol``: a :class:`WebSocketServerProtocol` subclass or factory;
     - handshake: ``origins``, ``subprotocols``, ``select_subprotocol``, ``extra_headers``,
-      ``process_request``, ``open_timeout``;
+      ``process_request``, ``open_timeout``, ``compression`` ("deflate" by default, a
+      :class:`~hub.protocol.permessage_deflate.DeflateConfig`, or None);
     - connection: ``ping_interval``, ``ping_timeout``, ``close_timeout``, ``max_size``,
       ``max_queue``, ``write_limit``, ``logger``;
     - anything else (``sock``, ``ssl``, ``reuse_port``, ...) goes to ``loop.create_server()``.
@@ -333,6 +339,7 @@ class serve:
         extra_headers: HeadersLike | None = None,
         process_request: ProcessRequest | None = None,
         open_timeout: float | None = 10,
+        compression: Compression = "deflate",
         ping_interval: float | None = 20,
         ping_timeout: float | None = 20,
         close_timeout: float = 10,
@@ -351,6 +358,7 @@ class serve:
             extra_headers=extra_headers,
             process_request=process_request,
             open_timeout=open_timeout,
+            compression=compression,
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
