@@ -55,7 +55,9 @@ class DeflateConfig:
     """What one side asks for or accepts, plus how it compresses.
 
     ``level`` and ``mem_level`` go to ``zlib.compressobj``; messages shorter than ``min_size``
-    bytes are sent uncompressed (compressing them costs CPU and often adds bytes).
+    bytes are sent uncompressed (compressing them costs CPU and often adds bytes). Level 1 is
+    the default because a hub spends its CPU on fan-out: on text it compresses about 6x faster
+    than zlib's default level 6 for output about 10-15% larger.
     The window bits are 9-15: zlib cannot compress with an 8-bit window.
     """
 
@@ -63,7 +65,7 @@ class DeflateConfig:
     client_no_context_takeover: bool = False
     server_max_window_bits: int | None = None
     client_max_window_bits: int | None = 12
-    level: int = zlib.Z_DEFAULT_COMPRESSION
+    level: int = 1
     mem_level: int = 5
     min_size: int = 32
 
