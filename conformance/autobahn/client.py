@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import importlib
 import sys
 import time
@@ -53,8 +54,22 @@ async def collect_messages(connect: Callable[..., Any], uri: str) -> list[Any]:
     return received
 
 
-async def echo_case(connect: Callable[..., Any], uri: str) -> None:
-    async with connect(uri, max_size=None) as ws:
+def case_options(spec: str) -> dict[str, Any]:
+    """Extra connect() options for a case run.
+
+    hub compresses every message here, as the server side does (see run.py's
+    DEFAULT_SERVER_CMD): kosoku 0.1.0 crashes on an empty message that arrives uncompressed
+    on a deflate connection, which RFC 7692 allows but its Python 3 port mishandles.
+    """
+    if not spec.startswith("hub.protocol"):
+        return {}
+    from hub.protocol.permessage_deflate import CLIENT_DEFAULT
+
+    return {"compression": dataclasses.replace(CLIENT_DEFAULT, min_size=0)}
+
+
+async def echo_case(connect: Callable[..., Any], uri: str, **options: Any) -> None:
+    async with connect(uri, max_size=None, **options) as ws:
         async for msg in ws:
             await ws.send(msg)
 
@@ -80,7 +95,9 @@ async def amain(args: argparse.Namespace) -> int:
         uri = f"{base}/runCase?case={case}&agent={agent}"
         case_started = time.monotonic()
         try:
-            await asyncio.wait_for(echo_case(connect, uri), args.case_timeout)
+            await asyncio.wait_for(
+                echo_case(connect, uri, **case_options(args.connect)), args.case_timeout
+            )
         except TimeoutError:
             timeouts.append(case)
             print(f"client: case {case} timed out after {args.case_timeout}s")
