@@ -134,11 +134,32 @@ class PerMessageDeflate:
         if max_size is not None and len(inflated) > budget:
             raise PayloadTooBig(f"message inflates to more than max_size ({max_size} bytes)")
         self._inflated += len(inflated)
+        if decompressor.eof:
+            self._end_of_stream(decompressor, inflated, final=final)
         if final:
             self._inflated = 0
             if self.remote_no_context_takeover:
                 self._decompressor = None
         return inflated
+
+    def _end_of_stream(
+        self, decompressor: zlib._Decompress, inflated: bytes, *, final: bool
+    ) -> None:
+        """The peer ended a message with a BFINAL block (section 7.2.3.4), which ends zlib's stream.
+
+        Only zero padding and the tail we appended may follow it. Later messages need a fresh
+        decompressor; with context takeover it is primed with the window the peer keeps: the
+        end of this frame's output (a BFINAL peer that refers further back than the current
+        frame is not supported and fails with 1007).
+        """
+        rest = decompressor.unused_data.removesuffix(_SYNC_TAIL)
+        if not final or rest.strip(b"\x00"):
+            raise InvalidPayloadData("compressed data continues after the final deflate block")
+        if self.remote_no_context_takeover:
+            self._decompressor = None
+            return
+        window = inflated[-(1 << self.remote_max_window_bits) :]
+        self._decompressor = zlib.decompressobj(wbits=-self.remote_max_window_bits, zdict=window)
 
     # --- sending ----------------------------------------------------------------------------------
 

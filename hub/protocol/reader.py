@@ -157,14 +157,18 @@ class FrameReader:
         elif self._fragmented_opcode is not None:
             raise ProtocolError("new data frame inside a fragmented message")
         if self.max_size is not None:
-            if opcode == Opcode.CONT:
-                size, compressed = self._message_size + length, self._compressed
+            compressed = self._compressed if opcode == Opcode.CONT else bool(first & RSV1)
+            if compressed:
+                # A compressed message is bounded by max_size once inflated, which the deflate
+                # layer checks while inflating, frame by frame. Here only the frame being
+                # buffered is bounded: by max_size plus deflate's worst-case overhead (stored
+                # blocks cost up to ~4% at mem_level 1), since each frame is inflated and
+                # released before the next one is read.
+                size = length
+                limit = self.max_size + (self.max_size >> 4) + 1024
             else:
-                size, compressed = length, bool(first & RSV1)
-            # A compressed message is bounded by max_size once inflated (the deflate layer
-            # checks that while inflating); its compressed size may exceed the inflated size by
-            # deflate's framing overhead at most, so anything bigger is refused right here.
-            limit = self.max_size + (self.max_size >> 10) + 1024 if compressed else self.max_size
+                size = length if opcode != Opcode.CONT else self._message_size + length
+                limit = self.max_size
             if size > limit:
                 raise PayloadTooBig(f"message of {size} bytes exceeds max_size {self.max_size}")
 
