@@ -150,6 +150,9 @@ class HeadParser:
         self.is_request = is_request
         self.rest = b""
         self._buffer = bytearray()
+        self._scanned = 0  # bytes of the buffer already searched for line ends
+        self._line_start = 0  # where the line being received starts
+        self._lines = 0  # complete lines so far, the request or status line included
 
     def _error(self, message: str, status: int = 400) -> Exception:
         if self.is_request:
@@ -159,39 +162,44 @@ class HeadParser:
         return InvalidResponse(message)
 
     def feed(self, data: bytes) -> Request | Response | None:
-        self._buffer += data
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            self._check_partial()
-            return None
-        if end + 4 > MAX_HEAD_SIZE:
+        buffer = self._buffer
+        buffer += data
+        # Each byte is scanned once, whatever the split: a peer that sends its head one byte
+        # at a time must not make us rescan everything it sent so far (quadratic work).
+        position = max(self._scanned - 1, self._line_start)  # a CR may end the previous chunk
+        while (crlf := buffer.find(b"\r\n", position)) >= 0:
+            self._check_line_length(crlf - self._line_start)
+            if crlf == self._line_start and crlf > 0:  # the blank line that ends the head
+                return self._parse_head(crlf)
+            self._lines += 1
+            if self._lines > MAX_HEADERS + 1:
+                raise self._error("too many headers", 431)
+            self._line_start = position = crlf + 2
+        self._scanned = len(buffer)
+        # Fail fast on a line or head that can no longer fit, before the peer sends all of it.
+        # A trailing CR may be the start of the line's CRLF: it is not part of the line.
+        self._check_line_length(len(buffer) - self._line_start - buffer.endswith(b"\r"))
+        if len(buffer) > MAX_HEAD_SIZE:
             raise self._error("request head too large", 431)
-        head = bytes(self._buffer[:end])
-        self.rest = bytes(self._buffer[end + 4 :])
+        return None
+
+    def _check_line_length(self, length: int) -> None:
+        if length > MAX_LINE_LENGTH:
+            if self._lines == 0 and self.is_request:
+                raise self._error("request line too long", 414)
+            raise self._error("line too long", 431)
+
+    def _parse_head(self, end: int) -> Request | Response:
+        if end + 2 > MAX_HEAD_SIZE:
+            raise self._error("request head too large", 431)
+        head = bytes(self._buffer[: end - 2])
+        self.rest = bytes(self._buffer[end + 2 :])
         self._buffer = bytearray()
         first, *lines = head.split(b"\r\n")
         headers = self._parse_headers(lines)
-        return (
-            self._parse_request(first, headers)
-            if self.is_request
-            else self._parse_response(first, headers)
-        )
-
-    def _check_partial(self) -> None:
-        # Fail fast on a head that can no longer fit, before the peer sends all of it.
-        if len(self._buffer) > MAX_HEAD_SIZE:
-            raise self._error("request head too large", 431)
-        buffer = self._buffer
-        last_crlf = buffer.rfind(b"\r\n")
-        line_start = 0 if last_crlf < 0 else last_crlf + 2
-        # A trailing CR may be the start of the line's CRLF: it is not part of the line.
-        line_length = len(buffer) - line_start - buffer.endswith(b"\r")
-        if line_length > MAX_LINE_LENGTH:
-            if last_crlf < 0 and self.is_request:
-                raise self._error("request line too long", 414)
-            raise self._error("line too long", 431)
-        if self._buffer.count(b"\r\n") > MAX_HEADERS + 1:
-            raise self._error("too many headers", 431)
+        if self.is_request:
+            return self._parse_request(first, headers)
+        return self._parse_response(first, headers)
 
     def _parse_headers(self, lines: list[bytes]) -> Headers:
         if len(lines) > MAX_HEADERS:
