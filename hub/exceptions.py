@@ -17,11 +17,14 @@
     ├── ConnectionClosed            the connection is closed (carries the close frames rcvd/sent)
     │   ├── ConnectionClosedOK      both sides closed with 1000 or 1001
     │   └── ConnectionClosedError   any other ending, including no close frame at all
-    └── UsageError                  the caller misused the API (we are at fault, not the peer)
-        └── ConcurrencyError        two tasks called recv() at once, or similar
+    ├── UsageError                  the caller misused the API (we are at fault, not the peer)
+    │   └── ConcurrencyError        two tasks called recv() at once, or similar
+    └── RequestError                a hub request cannot be served (carries the wire error code)
+        └── InvalidTopic            invalid_topic: a topic or pattern that breaks the contract
 
-Errors caused by the peer (``ProtocolError``, ``HandshakeError``) carry the code that answers them,
-so the layer that catches one never has to map it again.
+Errors caused by the peer carry the code that answers them (``ProtocolError`` a close code,
+``HandshakeError`` an HTTP status, ``RequestError`` an error code of the wire protocol), so the
+layer that catches one never has to map it again.
 """
 
 from __future__ import annotations
@@ -44,10 +47,12 @@ __all__ = [
     "InvalidRequest",
     "InvalidResponse",
     "InvalidStatus",
+    "InvalidTopic",
     "InvalidVersion",
     "NegotiationError",
     "PayloadTooBig",
     "ProtocolError",
+    "RequestError",
     "UsageError",
 ]
 
@@ -201,3 +206,18 @@ class UsageError(HubError):
 
 class ConcurrencyError(UsageError, RuntimeError):
     """Two coroutines did at once what only one may do (e.g. ``recv()``)."""
+
+
+# --- hub requests (the wire protocol, PROTOCOL.md) ------------------------------------------------
+
+
+class RequestError(HubError):
+    """A request cannot be served; ``code`` is the wire protocol's error code for the reply."""
+
+    code: str = "bad_request"
+
+
+class InvalidTopic(RequestError):
+    """A topic or subscription pattern that breaks the contract's rules."""
+
+    code = "invalid_topic"
