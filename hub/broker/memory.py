@@ -1,0 +1,49 @@
+"""The in-memory backend: one process, offsets in a dict, delivery by a direct call.
+
+Its epoch is random per backend instance: a restarted process starts every stream again at
+offset 1, and the new epoch tells clients that what they remember no longer applies.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from hub.broker.backend import Backend, OnPublication, Publication
+from hub.broker.registry import Registry
+from hub.exceptions import UsageError
+
+__all__ = ["MemoryBackend"]
+
+
+class MemoryBackend(Backend):
+    """Publications are delivered synchronously, inside ``publish``, so order is publish order."""
+
+    def __init__(self, on_publication: OnPublication) -> None:
+        super().__init__(on_publication)
+        self.epoch = secrets.token_hex(8)
+        self._offsets: dict[str, int] = {}
+        self._patterns: Registry[None] = Registry()
+        self._running = False
+
+    async def start(self) -> None:
+        self._running = True
+
+    async def close(self) -> None:
+        self._running = False
+
+    async def subscribe(self, pattern: str) -> None:
+        self._patterns.add(pattern, None)
+
+    async def unsubscribe(self, pattern: str) -> None:
+        self._patterns.remove(pattern, None)
+
+    async def publish(self, topic: str, payload: bytes) -> Publication:
+        if not self._running:
+            raise UsageError("the memory backend is not started (or already closed)")
+        offset = self._offsets.get(topic, 0) + 1
+        self._offsets[topic] = offset
+        publication = Publication(topic, payload, offset, self.epoch)
+        # Once per publication however many patterns match: the router fans out locally.
+        if next(self._patterns.match(topic), None) is not None:
+            self.on_publication(publication)
+        return publication
