@@ -20,7 +20,13 @@
     ├── UsageError                  the caller misused the API (we are at fault, not the peer)
     │   └── ConcurrencyError        two tasks called recv() at once, or similar
     └── RequestError                a hub request cannot be served (carries the wire error code)
-        └── InvalidTopic            invalid_topic: a topic or pattern that breaks the contract
+        ├── BadRequest              bad_request: not a valid request (syntax, types, limits)
+        ├── UnknownOp               unknown_op: a request whose op the hub does not know
+        ├── InvalidTopic            invalid_topic: a topic or pattern that breaks the contract
+        ├── NotSubscribed           not_subscribed: unsub of a pattern the client does not hold
+        ├── TooLarge                too_large: a request over a size limit
+        ├── Unavailable             unavailable: the hub cannot serve it now (or not yet)
+        └── InternalError           internal: a bug on the hub's side
 
 Errors caused by the peer carry the code that answers them (``ProtocolError`` a close code,
 ``HandshakeError`` an HTTP status, ``RequestError`` an error code of the wire protocol), so the
@@ -35,6 +41,7 @@ if TYPE_CHECKING:
     from hub.protocol.frames import Close
 
 __all__ = [
+    "BadRequest",
     "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
@@ -42,6 +49,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeTimeout",
     "HubError",
+    "InternalError",
     "InvalidOrigin",
     "InvalidPayloadData",
     "InvalidRequest",
@@ -50,9 +58,13 @@ __all__ = [
     "InvalidTopic",
     "InvalidVersion",
     "NegotiationError",
+    "NotSubscribed",
     "PayloadTooBig",
     "ProtocolError",
     "RequestError",
+    "TooLarge",
+    "Unavailable",
+    "UnknownOp",
     "UsageError",
 ]
 
@@ -217,7 +229,43 @@ class RequestError(HubError):
     code: str = "bad_request"
 
 
+class BadRequest(RequestError):
+    """Not a valid request: undecodable, not a map, wrong field types, or over a limit."""
+
+    code = "bad_request"
+
+
+class UnknownOp(RequestError):
+    """A request whose ``op`` the hub does not know."""
+
+    code = "unknown_op"
+
+
 class InvalidTopic(RequestError):
     """A topic or subscription pattern that breaks the contract's rules."""
 
     code = "invalid_topic"
+
+
+class NotSubscribed(RequestError):
+    """``unsub`` of a pattern the connection does not hold."""
+
+    code = "not_subscribed"
+
+
+class TooLarge(RequestError):
+    """A request over a size limit."""
+
+    code = "too_large"
+
+
+class Unavailable(RequestError):
+    """The hub cannot serve the request now (backend down) or does not offer it yet."""
+
+    code = "unavailable"
+
+
+class InternalError(RequestError):
+    """The hub failed while serving the request; the details are in its log."""
+
+    code = "internal"
