@@ -1,0 +1,114 @@
+"""The router: local subscriptions on one node, the backend, and the fan-out between them.
+
+- ``subscribe``/``unsubscribe`` keep the :class:`Registry` of local subscribers and subscribe
+  the backend on a pattern's first local subscriber and unsubscribe it on the last, under a
+  per-pattern lock, rolling the registry back if the backend fails.
+- ``publish`` hands the payload to the backend, which assigns the offset.
+- Every publication the backend delivers is fanned out by :meth:`Router.deliver`: the payload
+  is decoded once, each matching pattern's ``msg`` is encoded once per codec in use, and the
+  same encoded frame is pushed to every subscriber's outbox. Nothing in the fan-out awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+from collections.abc import Callable, Hashable
+from typing import Any, Protocol
+
+import msgpack
+
+from hub.broker.backend import Backend, Publication
+from hub.broker.registry import Registry
+from hub.wire.codecs import Codec
+
+__all__ = ["Router", "Subscriber"]
+
+logger = logging.getLogger("hub.broker")
+
+
+class Subscriber(Hashable, Protocol):
+    """What the router needs of a session: its codec and a non-blocking push."""
+
+    codec: Codec
+
+    def push(self, frame: str | bytes) -> None: ...
+
+
+def encode_payload(data: Any) -> bytes:
+    """The backend's bytes for a publication's data (msgpack carries any JSON value too)."""
+    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+
+
+def decode_payload(payload: bytes) -> Any:
+    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+
+
+class Router:
+    """One per node. Create it with a backend factory, then ``await start()``."""
+
+    def __init__(self, backend_factory: Callable[[Callable[[Publication], None]], Backend]) -> None:
+        self.backend = backend_factory(self.deliver)
+        self.registry: Registry[Subscriber] = Registry()
+        # A lock lives while a coroutine holds or awaits it, so idle patterns cost nothing.
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self.delivered = 0  # frames pushed to subscribers, for metrics
+
+    async def start(self) -> None:
+        await self.backend.start()
+
+    async def close(self) -> None:
+        await self.backend.close()
+
+    async def subscribe(self, pattern: str, subscriber: Subscriber) -> None:
+        """Add a local subscription; the first one of a pattern subscribes the backend."""
+        async with self._lock(pattern):
+            if not self.registry.add(pattern, subscriber):
+                return
+            try:
+                await self.backend.subscribe(pattern)
+            except BaseException:
+                self.registry.remove(pattern, subscriber)
+                raise
+
+    async def unsubscribe(self, pattern: str, subscriber: Subscriber) -> None:
+        """Remove a local subscription; the last one of a pattern unsubscribes the backend."""
+        async with self._lock(pattern):
+            if self.registry.remove(pattern, subscriber):
+                await self.backend.unsubscribe(pattern)
+
+    async def publish(self, topic: str, data: Any) -> Publication:
+        return await self.backend.publish(topic, encode_payload(data))
+
+    def deliver(self, publication: Publication) -> None:
+        """Fan a publication out to every local subscriber (the backend's callback)."""
+        data: Any = None
+        decoded = False
+        for pattern, subscribers in self.registry.match(publication.topic):
+            if not decoded:
+                data = decode_payload(publication.payload)
+                decoded = True
+            message = {
+                "op": "msg",
+                "topic": publication.topic,
+                "sub": pattern,
+                "data": data,
+                "offset": publication.offset,
+                "epoch": publication.epoch,
+            }
+            frames: dict[int, str | bytes] = {}  # one encoding per codec, shared by everyone
+            for subscriber in subscribers:
+                codec = subscriber.codec
+                frame = frames.get(id(codec))
+                if frame is None:
+                    frame = frames[id(codec)] = codec.encode(message)
+                subscriber.push(frame)
+                self.delivered += 1
+
+    def _lock(self, pattern: str) -> asyncio.Lock:
+        lock = self._locks.get(pattern)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._locks[pattern] = lock
+        return lock

@@ -1,0 +1,54 @@
+"""The bounded outbox: push never blocks, overflow is reported, the writer gets batches."""
+
+from __future__ import annotations
+
+import asyncio
+
+from hub.broker.outbox import Outbox
+
+
+async def test_batches_in_order() -> None:
+    outbox = Outbox()
+    assert outbox.push("a") and outbox.push(b"bc")
+    assert (len(outbox), outbox.size) == (2, 3)
+    assert await outbox.get_batch() == ["a", b"bc"]
+    assert (len(outbox), outbox.size) == (0, 0)
+
+
+async def test_writer_waits_for_frames() -> None:
+    outbox = Outbox()
+    batch = asyncio.ensure_future(outbox.get_batch())
+    await asyncio.sleep(0)
+    assert not batch.done()
+    outbox.push("x")
+    async with asyncio.timeout(1):
+        assert await batch == ["x"]
+
+
+async def test_overflow_by_messages() -> None:
+    outbox = Outbox(max_messages=2)
+    assert outbox.push("1") and outbox.push("2")
+    assert outbox.push("3") is False
+    assert outbox.overflowed
+    assert outbox.push("4") is False  # stays overflowed: the session closes with 4008
+    assert len(outbox) == 2
+
+
+async def test_overflow_by_bytes() -> None:
+    outbox = Outbox(max_bytes=10)
+    assert outbox.push(b"12345")
+    assert outbox.push(b"123456") is False
+    assert outbox.overflowed and outbox.size == 5
+
+
+async def test_overflow_and_close_release_the_writer() -> None:
+    for end in ("overflow", "close"):
+        outbox = Outbox(max_messages=0)
+        batch = asyncio.ensure_future(outbox.get_batch())
+        await asyncio.sleep(0)
+        if end == "overflow":
+            outbox.push("x")
+        else:
+            outbox.close()
+        async with asyncio.timeout(1):
+            assert await batch == []

@@ -1,0 +1,112 @@
+"""The router over the memory backend: first/last subscription, fan-out, encode once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from hub.broker.backend import Backend, OnPublication, Publication
+from hub.broker.memory import MemoryBackend
+from hub.broker.router import Router
+from hub.wire.codecs import JSON, MSGPACK, Codec
+
+
+class FakeSession:
+    def __init__(self, codec: Codec = JSON) -> None:
+        self.codec = codec
+        self.frames: list[str | bytes] = []
+
+    def push(self, frame: str | bytes) -> None:
+        self.frames.append(frame)
+
+    def messages(self) -> list[Any]:
+        return [self.codec.decode(frame) for frame in self.frames]
+
+
+class CountingBackend(MemoryBackend):
+    def __init__(self, on_publication: OnPublication) -> None:
+        super().__init__(on_publication)
+        self.calls: list[tuple[str, str]] = []
+        self.fail_next_subscribe = False
+
+    async def subscribe(self, pattern: str) -> None:
+        if self.fail_next_subscribe:
+            self.fail_next_subscribe = False
+            raise ConnectionError("backend down")
+        self.calls.append(("subscribe", pattern))
+        await super().subscribe(pattern)
+
+    async def unsubscribe(self, pattern: str) -> None:
+        self.calls.append(("unsubscribe", pattern))
+        await super().unsubscribe(pattern)
+
+
+@pytest.fixture
+async def router() -> Router:
+    router = Router(CountingBackend)
+    await router.start()
+    return router
+
+
+def backend_of(router: Router) -> CountingBackend:
+    backend: Backend = router.backend
+    assert isinstance(backend, CountingBackend)
+    return backend
+
+
+async def test_backend_subscribed_on_first_and_unsubscribed_on_last(router: Router) -> None:
+    one, two = FakeSession(), FakeSession()
+    await router.subscribe("chat.*", one)
+    await router.subscribe("chat.*", two)
+    await router.unsubscribe("chat.*", one)
+    assert backend_of(router).calls == [("subscribe", "chat.*")]
+    await router.unsubscribe("chat.*", two)
+    assert backend_of(router).calls == [("subscribe", "chat.*"), ("unsubscribe", "chat.*")]
+
+
+async def test_failed_backend_subscribe_rolls_back(router: Router) -> None:
+    session = FakeSession()
+    backend_of(router).fail_next_subscribe = True
+    with pytest.raises(ConnectionError):
+        await router.subscribe("chat.*", session)
+    assert "chat.*" not in router.registry
+    await router.subscribe("chat.*", session)  # the next attempt subscribes the backend
+    assert backend_of(router).calls == [("subscribe", "chat.*")]
+
+
+async def test_fan_out_names_the_matching_subscription(router: Router) -> None:
+    exact, wild = FakeSession(), FakeSession(MSGPACK)
+    await router.subscribe("chat.room1", exact)
+    await router.subscribe("chat.*", wild)
+    await router.subscribe("chat.room1", wild)
+    publication = await router.publish("chat.room1", {"text": "hi"})
+    assert (publication.offset, publication.topic) == (1, "chat.room1")
+    expected = {"op": "msg", "topic": "chat.room1", "data": {"text": "hi"}, "offset": 1}
+    assert exact.messages() == [{**expected, "sub": "chat.room1", "epoch": publication.epoch}]
+    assert sorted(m["sub"] for m in wild.messages()) == ["chat.*", "chat.room1"]
+    assert all(isinstance(frame, bytes) for frame in wild.frames)
+
+
+async def test_one_encoding_per_codec_is_shared(router: Router) -> None:
+    sessions = [FakeSession(JSON if i % 2 else MSGPACK) for i in range(10)]
+    for session in sessions:
+        await router.subscribe("t", session)
+    await router.publish("t", [1, 2, 3])
+    frames = {id(session.frames[0]) for session in sessions}
+    assert len(frames) == 2  # the very same object for every subscriber of a codec
+    assert router.delivered == 10
+
+
+async def test_offsets_are_per_topic_and_in_order(router: Router) -> None:
+    session = FakeSession()
+    await router.subscribe(">", session)
+    for topic in ("a", "b", "a", "a", "b"):
+        await router.publish(topic, None)
+    seen = [(m["topic"], m["offset"]) for m in session.messages()]
+    assert seen == [("a", 1), ("b", 1), ("a", 2), ("a", 3), ("b", 2)]
+
+
+async def test_publication_without_subscriber_is_not_decoded(router: Router) -> None:
+    router.deliver(Publication("nobody", b"\xc1 not msgpack", 1, "e"))  # would fail to decode
+    assert router.delivered == 0
