@@ -65,3 +65,7 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def publish(self, topic: str, payload: bytes) -> Publication:
         """Assign the topic's next offset, deliver, and return the publication."""
+
+    @abc.abstractmethod
+    async def position(self, topic: str) -> tuple[str, int]:
+        """The topic's epoch and last offset (0 when nothing was published yet)."""

@@ -37,6 +37,9 @@ class MemoryBackend(Backend):
     async def unsubscribe(self, pattern: str) -> None:
         self._patterns.remove(pattern, None)
 
+    async def position(self, topic: str) -> tuple[str, int]:
+        return self.epoch, self._offsets.get(topic, 0)
+
     async def publish(self, topic: str, payload: bytes) -> Publication:
         if not self._running:
             raise UsageError("the memory backend is not started (or already closed)")

@@ -95,3 +95,12 @@ async def test_concurrent_publishers_see_gapless_ordered_offsets(
         assert delivered == list(range(1, 101))
         returned = sorted(p.offset for p in results if p.topic == topic)
         assert returned == list(range(1, 101))
+
+
+async def test_position_is_the_last_offset(started: tuple[Backend, Recorder]) -> None:
+    backend, _ = started
+    epoch, offset = await backend.position("a")
+    assert offset == 0
+    published = await backend.publish("a", b"x")
+    assert await backend.position("a") == (published.epoch, 1)
+    assert (await backend.position("b"))[1] == 0

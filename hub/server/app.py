@@ -1,0 +1,212 @@
+"""The hub as a library: create it in-process, publish and subscribe from Python, serve it.
+
+::
+
+    async with Hub(Settings(port=8765)) as hub:
+        subscription = await hub.subscribe("chat.*")
+        await hub.publish("chat.room1", {"text": "hi"})
+        message = await subscription.get()        # {"op": "msg", "topic": "chat.room1", ...}
+        server = await hub.serve()                 # WebSocket clients on 127.0.0.1:8765
+
+``hub-server`` (:mod:`hub.server.cli`) is this, run from the command line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any
+
+from hub.broker.backend import Backend
+from hub.broker.memory import MemoryBackend
+from hub.broker.router import Router
+from hub.broker.topics import validate_pattern, validate_topic
+from hub.exceptions import NegotiationError, Unavailable
+from hub.protocol.asyncio import WebSocketServer, WebSocketServerProtocol, serve
+from hub.protocol.http11 import Headers, header_tokens
+from hub.server.session import Session
+from hub.server.settings import Settings
+from hub.wire.codecs import CODECS, Codec
+
+__all__ = ["Hub", "LocalSubscription"]
+
+logger = logging.getLogger("hub.server")
+
+
+def backend_factory(url: str) -> type[Backend]:
+    if url.startswith("memory://"):
+        return MemoryBackend
+    raise Unavailable(f"backend {url!r} is not available in this version of hub")
+
+
+class _PythonCodec:
+    """In-process subscribers get the message dicts themselves, not encoded frames."""
+
+    subprotocol = "python"
+
+    def decode(self, frame: Any) -> Any:
+        return frame
+
+    def encode(self, message: Any) -> Any:
+        return message
+
+
+class LocalSubscription:
+    """An in-process subscription: ``await get()`` or ``async for message in subscription``.
+
+    Its queue is bounded like a client's outbox; past it, messages are dropped and counted in
+    ``dropped`` (an in-process reader that falls behind loses messages, never blocks the hub).
+    """
+
+    codec: Codec = _PythonCodec()
+
+    def __init__(self, hub: Hub, pattern: str, max_messages: int) -> None:
+        self.hub = hub
+        self.pattern = pattern
+        self.dropped = 0
+        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_messages)
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    def push(self, frame: Any) -> None:
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.dropped += 1
+
+    async def get(self) -> dict[str, Any]:
+        return await self._queue.get()
+
+    def __aiter__(self) -> LocalSubscription:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        return await self.get()
+
+    async def close(self) -> None:
+        await self.hub.router.unsubscribe(self.pattern, self)
+
+
+class Hub:
+    """A hub node: the router, its backend, and the sessions of its WebSocket clients."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.node_id = self.settings.node_id or secrets.token_hex(6)
+        factory: type[Backend] = backend_factory(self.settings.backend)
+        self.router = Router(lambda deliver: factory(deliver))
+        self.sessions: set[Session] = set()
+        self.server: WebSocketServer | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.router.start()
+
+    async def close(self) -> None:
+        """Stop accepting, close every connection with 1001, then stop the backend."""
+        if self.server is not None:
+            self.server.close()
+            try:
+                async with asyncio.timeout(self.settings.drain_timeout + 10):
+                    await self.server.wait_closed()
+            except TimeoutError:
+                logger.warning("shutdown: some connections did not close in time")
+        await self.router.close()
+
+    async def __aenter__(self) -> Hub:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # --- in-process API ---------------------------------------------------------------------------
+
+    async def publish(self, topic: str, data: Any) -> tuple[str, int]:
+        """Publish without a network hop; return the publication's (epoch, offset)."""
+        publication = await self.router.publish(validate_topic(topic), data)
+        return publication.epoch, publication.offset
+
+    async def subscribe(self, pattern: str, *, max_messages: int = 1000) -> LocalSubscription:
+        subscription = LocalSubscription(self, validate_pattern(pattern), max_messages)
+        await self.router.subscribe(subscription.pattern, subscription)
+        return subscription
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            "node": self.node_id,
+            "backend": self.settings.backend.split("://")[0],
+            "connections": len(self.sessions),
+        }
+
+    # --- network ----------------------------------------------------------------------------------
+
+    async def serve(
+        self, host: str | None = None, port: int | None = None, **options: Any
+    ) -> WebSocketServer:
+        """Serve WebSocket clients (and ``GET /healthz``) on ``host:port`` from this event loop."""
+        settings = self.settings
+        self.server = await serve(
+            self._handler,
+            settings.host if host is None else host,
+            settings.port if port is None else port,
+            subprotocols=list(CODECS),
+            select_subprotocol=_select_subprotocol,
+            process_request=self._process_request,
+            max_size=settings.max_message_size,
+            ping_interval=settings.ping_interval,
+            ping_timeout=settings.ping_timeout,
+            **options,
+        )
+        return self.server
+
+    async def _handler(self, websocket: WebSocketServerProtocol) -> None:
+        if len(self.sessions) >= self.settings.max_connections:
+            await websocket.close(1013, "too many connections")
+            return
+        session = Session(self, websocket)
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+
+    def _process_request(self, path: str, headers: Headers) -> tuple[int, Headers, bytes] | None:
+        if path.split("?")[0] == "/healthz":
+            body = json.dumps(self.health()).encode()
+            return 200, Headers([("Content-Type", "application/json")]), body
+        if "upgrade" not in header_tokens(headers, "Connection"):
+            if path.split("?")[0] == "/":
+                text = b"426 Upgrade Required: this is a hub WebSocket endpoint\n"
+                return (
+                    426,
+                    Headers([("Upgrade", "websocket"), ("Content-Type", "text/plain")]),
+                    text,
+                )
+            return 404, Headers([("Content-Type", "text/plain")]), b"404 Not Found\n"
+        return None
+
+
+def _select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:
+    """PROTOCOL.md: none offered -> JSON (no subprotocol header); only unknown ones -> 400."""
+    if not offered:
+        return None
+    for subprotocol in offered:
+        if subprotocol in supported:
+            return subprotocol
+    raise NegotiationError(
+        f"none of the offered subprotocols {list(offered)} is supported; "
+        f"use one of {list(supported)}"
+    )

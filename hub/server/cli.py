@@ -1,0 +1,91 @@
+"""``hub-server`` (also ``python -m hub``): run a hub node until SIGTERM or SIGINT.
+
+Every option also comes from a ``HUB_*`` environment variable and from an optional config file
+(``--config hub.json``: a JSON object of the same settings); the command line wins over the
+environment, which wins over the file. An invalid setting stops the start with a message naming
+it, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from hub.server.app import Hub
+from hub.server.settings import Settings
+
+__all__ = ["main"]
+
+logger = logging.getLogger("hub.server")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hub-server", description="Run a hub node.")
+    parser.add_argument("--config", type=Path, help="JSON file of settings")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(flag, dest=name, default=None, help=field.description or name)
+    return parser
+
+
+def load_settings(argv: list[str]) -> Settings:
+    """Settings from the file, then the environment, then the command line."""
+    args = _parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    if args.config is not None:
+        values.update(json.loads(args.config.read_text()))
+    from_environment = Settings().model_dump(exclude_unset=True)
+    values.update(from_environment)
+    values.update({k: v for k, v in vars(args).items() if k != "config" and v is not None})
+    # Environment variables were already applied by Settings(); passing the merged values as
+    # init arguments gives the command line the last word.
+    return Settings(**values)
+
+
+async def run(settings: Settings) -> None:
+    hub = Hub(settings)
+    await hub.start()
+    server = await hub.serve()
+    addresses = ", ".join(str(sock.getsockname()) for sock in server.sockets)
+    logger.info("hub %s listening on %s (backend %s)", hub.node_id, addresses, settings.backend)
+    stop = asyncio.get_running_loop().create_future()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, signum)
+    signum = await stop
+    logger.info("received %s: closing connections with 1001", signal.Signals(signum).name)
+    await hub.close()
+    logger.info("hub %s stopped", hub.node_id)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except ValidationError as exc:
+        for error in exc.errors():
+            name = ".".join(str(part) for part in error["loc"])
+            print(f"hub-server: invalid setting {name}: {error['msg']}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"hub-server: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        asyncio.run(run(settings))
+    except OSError as exc:  # the port is taken, say
+        logger.error("cannot start: %s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""One client connection: read requests, answer them, write what the router pushes.
+
+Reading and writing are two loops. The reader validates each frame at the edge and answers
+errors with the contract's codes, keeping the connection open; after ``bad_frame_limit`` invalid
+frames in a row it closes with 1008. The writer drains the session's bounded outbox into the
+WebSocket; when the outbox overflows (a slow consumer) the session closes with 4008 and the
+router, which only ever pushes, is never held up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from hub.broker.outbox import Outbox
+from hub.broker.topics import is_pattern
+from hub.exceptions import (
+    BadRequest,
+    ConnectionClosed,
+    InternalError,
+    InvalidTopic,
+    NotSubscribed,
+    RequestError,
+    Unavailable,
+    UnknownOp,
+)
+from hub.protocol.asyncio import WebSocketServerProtocol
+from hub.wire.codecs import select_codec
+from hub.wire.messages import History, Presence, Pub, Sub, Unsub, parse_request, request_id
+
+if TYPE_CHECKING:
+    from hub.server.app import Hub
+
+__all__ = ["Session"]
+
+logger = logging.getLogger("hub.server")
+
+#: Errors that count towards the "keeps sending garbage" limit (PROTOCOL.md: 1008).
+GARBAGE = (BadRequest, UnknownOp, InvalidTopic)
+
+SLOW_CONSUMER = 4008
+
+
+class Session:
+    """A connected client; :meth:`run` returns when the connection is closed."""
+
+    def __init__(self, hub: Hub, websocket: WebSocketServerProtocol) -> None:
+        self.hub = hub
+        self.websocket = websocket
+        self.id = secrets.token_hex(8)
+        self.codec = select_codec(websocket.subprotocol)
+        settings = hub.settings
+        self.outbox = Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes)
+        self.subscriptions: set[str] = set()
+        self._closing: asyncio.Task[None] | None = None
+
+    def __hash__(self) -> int:
+        return id(self)
+
+    # --- output -----------------------------------------------------------------------------------
+
+    def push(self, frame: str | bytes) -> None:
+        """Queue a frame (the router's fan-out calls this); never blocks."""
+        if not self.outbox.push(frame) and self.outbox.overflowed:
+            self._close_soon(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+
+    def reply(self, message: dict[str, Any]) -> None:
+        self.push(self.codec.encode(message))
+
+    def _close_soon(self, code: int, reason: str) -> None:
+        if self._closing is None:
+            logger.info("closing session %s with %d: %s", self.id, code, reason)
+            self._closing = asyncio.get_running_loop().create_task(
+                self.websocket.close(code, reason)
+            )
+
+    async def _write(self) -> None:
+        send = self.websocket.send
+        while batch := await self.outbox.get_batch():
+            for frame in batch:
+                await send(frame)
+
+    # --- input ------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.reply({"op": "welcome", "client": self.id, "node": self.hub.node_id, "version": 1})
+        writer = asyncio.get_running_loop().create_task(self._write())
+        try:
+            await self._read()
+        except ConnectionClosed:
+            pass
+        finally:
+            self.outbox.close()
+            for pattern in list(self.subscriptions):
+                await self.hub.router.unsubscribe(pattern, self)
+            self.subscriptions.clear()
+            if self._closing is None:
+                writer.cancel()
+            await asyncio.gather(writer, return_exceptions=True)
+            if self._closing is not None:
+                await self._closing
+
+    async def _read(self) -> None:
+        invalid_in_a_row = 0
+        limit = self.hub.settings.bad_frame_limit
+        async for frame in self.websocket:
+            decoded: object = None
+            try:
+                decoded = self.codec.decode(frame)
+                request = parse_request(decoded)
+                invalid_in_a_row = 0
+                await self._handle(request)
+            except RequestError as exc:
+                self._error(exc, request_id(decoded))
+                if isinstance(exc, GARBAGE):
+                    invalid_in_a_row += 1
+                    if invalid_in_a_row >= limit:
+                        await self.websocket.close(1008, "too many invalid requests")
+                        return
+            except Exception:
+                logger.exception("session %s: request failed", self.id)
+                self._error(InternalError("internal error"), request_id(decoded))
+
+    def _error(self, error: RequestError, id_: int | None) -> None:
+        message: dict[str, Any] = {"op": "error", "code": error.code, "message": str(error)}
+        if id_ is not None:
+            message["id"] = id_
+        self.reply(message)
+
+    def _ok(self, id_: int | None, **fields: Any) -> None:
+        # PROTOCOL.md: a request without id gets no ok reply.
+        if id_ is not None:
+            self.reply({"op": "ok", "id": id_, **fields})
+
+    async def _handle(self, request: Sub | Unsub | Pub | History | Presence) -> None:
+        router = self.hub.router
+        if isinstance(request, Pub):
+            publication = await router.publish(request.topic, request.data)
+            self._ok(request.id, offset=publication.offset, epoch=publication.epoch)
+        elif isinstance(request, Sub):
+            pattern = request.topic
+            if pattern not in self.subscriptions:
+                limit = self.hub.settings.max_subscriptions
+                if len(self.subscriptions) >= limit:
+                    raise BadRequest(f"at most {limit} subscriptions per connection")
+                await router.subscribe(pattern, self)
+                self.subscriptions.add(pattern)
+            fields: dict[str, Any] = {"recovered": False}
+            if not is_pattern(pattern):
+                epoch, offset = await router.backend.position(pattern)
+                fields.update(epoch=epoch, offset=offset)
+            self._ok(request.id, **fields)
+        elif isinstance(request, Unsub):
+            if request.topic not in self.subscriptions:
+                raise NotSubscribed(f"not subscribed to {request.topic!r}")
+            self.subscriptions.discard(request.topic)
+            await router.unsubscribe(request.topic, self)
+            self._ok(request.id)
+        else:
+            raise Unavailable(f"{request.op} is not available yet in this version of hub")
