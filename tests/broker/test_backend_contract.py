@@ -99,7 +99,7 @@ async def test_concurrent_publishers_see_gapless_ordered_offsets(
 
 async def test_position_is_the_last_offset(started: tuple[Backend, Recorder]) -> None:
     backend, _ = started
-    epoch, offset = await backend.position("a")
+    _epoch, offset = await backend.position("a")
     assert offset == 0
     published = await backend.publish("a", b"x")
     assert await backend.position("a") == (published.epoch, 1)
