@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
+from collections.abc import Sized
 
 __all__ = ["Outbox"]
 
-Frame = str | bytes
+#: Anything with a length: str and bytes frames, or messages prepared once for many.
+Frame = Sized
 
 
 class Outbox:

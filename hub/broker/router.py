@@ -33,7 +33,7 @@ class Subscriber(Hashable, Protocol):
 
     codec: Codec
 
-    def push(self, frame: str | bytes) -> None: ...
+    def push(self, frame: Any) -> None: ...
 
 
 def encode_payload(data: Any) -> bytes:
@@ -97,12 +97,12 @@ class Router:
                 "offset": publication.offset,
                 "epoch": publication.epoch,
             }
-            frames: dict[int, str | bytes] = {}  # one encoding per codec, shared by everyone
+            frames: dict[int, Any] = {}  # one prepared message per codec, shared by everyone
             for subscriber in subscribers:
                 codec = subscriber.codec
                 frame = frames.get(id(codec))
                 if frame is None:
-                    frame = frames[id(codec)] = codec.encode(message)
+                    frame = frames[id(codec)] = codec.prepare(message)
                 subscriber.push(frame)
                 self.delivered += 1
 

@@ -46,6 +46,7 @@ __all__ = [
     "Message",
     "Ping",
     "Pong",
+    "PreparedMessage",
     "Side",
     "State",
 ]
@@ -275,6 +276,17 @@ class Connection:
         """Queue the next fragment of the message started with ``fin=False`` (section 5.4)."""
         self._send_data(Opcode.CONT, data, fin)
 
+    def send_prepared(self, message: PreparedMessage) -> None:
+        """Queue a whole message serialized once for many connections (server side only)."""
+        self._check_can_send_data(new_message=True)
+        if self._mask:
+            raise UsageError("prepared messages are for servers: client frames are masked")
+        if self.debug:
+            self.logger.debug(
+                "> %s [prepared]", describe_frame(message.opcode, message.payload, True)
+            )
+        self._output.append(message.frame_for(self.deflate))
+
     def send_ping(self, data: bytes) -> None:
         """Queue a ping; a pong with the same payload should come back (section 5.5.2)."""
         self._check_control(data)
@@ -365,3 +377,45 @@ class Connection:
         if not self.eof_sent:
             self.eof_sent = True
             self._output.append(b"")
+
+
+class PreparedMessage:
+    """A data message serialized once and sent, byte for byte, to many server connections.
+
+    A hub's fan-out sends one publication to thousands of subscribers: preparing it turns the
+    per-subscriber work (UTF-8 encoding, framing and, with permessage-deflate, compression)
+    into a dictionary lookup. Frames are cached per compression key (see
+    ``PerMessageDeflate.shareable``); a connection whose compressor keeps its context gets its
+    own compressed frame, since those bytes depend on what it sent before.
+    """
+
+    __slots__ = ("_frames", "opcode", "payload")
+
+    def __len__(self) -> int:
+        return len(self.payload)
+
+    def __init__(self, data: str | bytes) -> None:
+        if isinstance(data, str):
+            self.opcode, self.payload = Opcode.TEXT, data.encode()
+        else:
+            self.opcode, self.payload = Opcode.BINARY, bytes(data)
+        self._frames: dict[object, bytes] = {}
+
+    def frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
+        if deflate is None or not deflate.should_compress(len(self.payload)):
+            key: object = None
+        else:
+            key = deflate.shareable
+            if key is None:  # context takeover: only this connection's compressor will do
+                compressed = deflate.compress(self.payload, final=True)
+                return _serialize(self.opcode, compressed, mask=False, rsv=RSV1)
+        frame = self._frames.get(key)
+        if frame is None:
+            if key is None:
+                frame = _serialize(self.opcode, self.payload, mask=False)
+            else:
+                assert deflate is not None
+                compressed = deflate.compress(self.payload, final=True)
+                frame = _serialize(self.opcode, compressed, mask=False, rsv=RSV1)
+            self._frames[key] = frame
+        return frame

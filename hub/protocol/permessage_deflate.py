@@ -166,6 +166,19 @@ class PerMessageDeflate:
     def should_compress(self, size: int) -> bool:
         return size >= self.config.min_size
 
+    @property
+    def shareable(self) -> tuple[int, int, int] | None:
+        """A key under which this codec compresses a whole message to the same bytes as any
+        other codec with the same key, or None if its output depends on its history.
+
+        Without context takeover, a message is compressed by a fresh compressor whose output
+        depends only on the level, the memory level and the window: a broker can compress a
+        publication once per key and send the bytes to every connection that shares it.
+        """
+        if not self.local_no_context_takeover:
+            return None
+        return (self.config.level, self.config.mem_level, self.local_max_window_bits)
+
     def compress(self, data: bytes, *, final: bool) -> bytes:
         """Deflate one frame's worth of a message (section 7.2.1)."""
         compressor = self._compressor

@@ -54,6 +54,9 @@ class _PythonCodec:
     def encode(self, message: Any) -> Any:
         return message
 
+    def prepare(self, message: Any) -> Any:
+        return message
+
 
 class LocalSubscription:
     """An in-process subscription: ``await get()`` or ``async for message in subscription``.

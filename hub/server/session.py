@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hub.broker.outbox import Outbox
 from hub.broker.topics import is_pattern
@@ -27,6 +27,7 @@ from hub.exceptions import (
     UnknownOp,
 )
 from hub.protocol.asyncio import WebSocketServerProtocol
+from hub.protocol.connection import PreparedMessage
 from hub.wire.codecs import select_codec
 from hub.wire.messages import History, Presence, Pub, Sub, Unsub, parse_request, request_id
 
@@ -61,7 +62,7 @@ class Session:
 
     # --- output -----------------------------------------------------------------------------------
 
-    def push(self, frame: str | bytes) -> None:
+    def push(self, frame: str | bytes | PreparedMessage) -> None:
         """Queue a frame (the router's fan-out calls this); never blocks."""
         if not self.outbox.push(frame) and self.outbox.overflowed:
             self._close_soon(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
@@ -77,10 +78,13 @@ class Session:
             )
 
     async def _write(self) -> None:
-        send = self.websocket.send
+        websocket = self.websocket
         while batch := await self.outbox.get_batch():
             for frame in batch:
-                await send(frame)
+                if isinstance(frame, PreparedMessage):
+                    await websocket.send_prepared(frame)
+                else:
+                    await websocket.send(cast(str | bytes, frame))
 
     # --- input ------------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgpack
 
 from hub.exceptions import BadRequest
+from hub.protocol.connection import PreparedMessage
 
 __all__ = ["CODECS", "JSON", "MSGPACK", "Codec", "JsonCodec", "MsgpackCodec", "select_codec"]
 
@@ -26,6 +27,10 @@ class Codec(Protocol):
     def decode(self, frame: Any) -> Any: ...
 
     def encode(self, message: Any) -> Any: ...
+
+    def prepare(self, message: Any) -> Any:
+        """What the fan-out hands to every subscriber using this codec (encoded once)."""
+        ...
 
 
 class JsonCodec:
@@ -46,6 +51,9 @@ class JsonCodec:
     def encode(self, message: Any) -> str:
         return self._encoder.encode(message)
 
+    def prepare(self, message: Any) -> PreparedMessage:
+        return PreparedMessage(self.encode(message))
+
 
 class MsgpackCodec:
     subprotocol = "hub.v1.msgpack"
@@ -62,6 +70,9 @@ class MsgpackCodec:
 
     def encode(self, message: Any) -> bytes:
         return msgpack.packb(message, use_bin_type=True)  # type: ignore[no-any-return]
+
+    def prepare(self, message: Any) -> PreparedMessage:
+        return PreparedMessage(self.encode(message))
 
 
 JSON = JsonCodec()

@@ -29,6 +29,7 @@ from hub.protocol.connection import (
     Connection,
     Message,
     Pong,
+    PreparedMessage,
     Side,
     State,
 )
@@ -204,6 +205,16 @@ class WebSocketCommonProtocol(asyncio.Protocol):
             return
         else:
             raise TypeError(f"send() takes str, bytes or an iterable of them, not {type(message)}")
+        self._flush()
+        if self._writing_paused:
+            await self._drain()
+
+    async def send_prepared(self, message: PreparedMessage) -> None:
+        """Send a message serialized once for many connections (see PreparedMessage)."""
+        while self._fragmented_send is not None:
+            await asyncio.shield(self._fragmented_send)
+        core = await self._open_core()
+        core.send_prepared(message)
         self._flush()
         if self._writing_paused:
             await self._drain()
