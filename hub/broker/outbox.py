@@ -29,6 +29,8 @@ class Outbox:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
+        # Set while the writer waits with nothing queued: everything pushed has been written.
+        self._idle = asyncio.Event()
 
     def __len__(self) -> int:
         return len(self._frames)
@@ -48,12 +50,14 @@ class Outbox:
             return False
         self._frames.append(frame)
         self._size += len(frame)
+        self._idle.clear()
         self._wake()
         return True
 
     async def get_batch(self) -> list[Frame]:
         """Wait for frames and take all that are queued; [] once the outbox is closed."""
         while not self._frames:
+            self._idle.set()
             if self._closed or self.overflowed:
                 return []
             self._waiter = asyncio.get_running_loop().create_future()
@@ -65,6 +69,10 @@ class Outbox:
         self._frames.clear()
         self._size = 0
         return frames
+
+    async def drained(self) -> None:
+        """Wait until the writer has taken and written everything pushed so far."""
+        await self._idle.wait()
 
     def close(self) -> None:
         """Stop accepting frames and release the writer once the queue is drained."""

@@ -112,8 +112,20 @@ class Hub:
         await self.router.start()
 
     async def close(self) -> None:
-        """Stop accepting, close every connection with 1001, then stop the backend."""
+        """Stop accepting, let queued messages flush (up to ``drain_timeout``), close every
+        connection with 1001, then stop the backend."""
         if self.server is not None:
+            if self.server.server is not None:
+                self.server.server.close()  # stop accepting; connections stay open to drain
+            if self.sessions:
+                drained = [session.outbox.drained() for session in self.sessions]
+                try:
+                    async with asyncio.timeout(self.settings.drain_timeout):
+                        await asyncio.gather(*drained)
+                except TimeoutError:
+                    logger.warning(
+                        "shutdown: queues not drained after %s s", self.settings.drain_timeout
+                    )
             self.server.close()
             try:
                 async with asyncio.timeout(self.settings.drain_timeout + 10):

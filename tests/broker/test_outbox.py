@@ -52,3 +52,18 @@ async def test_overflow_and_close_release_the_writer() -> None:
             outbox.close()
         async with asyncio.timeout(1):
             assert await batch == []
+
+
+async def test_drained_waits_for_the_writer_to_take_everything() -> None:
+    outbox = Outbox()
+    outbox.push("a")
+    drained = asyncio.ensure_future(outbox.drained())
+    await asyncio.sleep(0)
+    assert not drained.done()  # "a" is still queued
+    assert await outbox.get_batch() == ["a"]
+    assert not drained.done()  # taken, but the writer has not come back for more yet
+    writer = asyncio.ensure_future(outbox.get_batch())
+    async with asyncio.timeout(1):
+        await drained
+    outbox.close()
+    assert await writer == []
