@@ -14,6 +14,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,14 @@ async def run(settings: Settings) -> None:
     logger.info("hub %s stopped", hub.node_id)
 
 
+def _loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    if name == "uvloop":
+        import uvloop  # an optional extra: pip install 'hub[uvloop]'
+
+        return uvloop.new_event_loop
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings(sys.argv[1:] if argv is None else argv)
@@ -80,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
         level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
-        asyncio.run(run(settings))
+        with asyncio.Runner(loop_factory=_loop_factory(settings.loop)) as runner:
+            runner.run(run(settings))
+    except ImportError as exc:
+        print(f"hub-server: --loop uvloop needs the uvloop extra: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:  # the port is taken, say
         logger.error("cannot start: %s", exc)
         return 1

@@ -24,6 +24,9 @@ class Settings(BaseSettings):
     backend: str = "memory://"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     node_id: str | None = None
+    loop: Literal["asyncio", "uvloop"] = Field(
+        default="asyncio", description="event loop; uvloop needs the 'uvloop' extra"
+    )
 
     # Limits (docs/protocol.md states the same defaults).
     max_message_size: int = Field(
