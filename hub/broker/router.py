@@ -21,7 +21,8 @@ import msgpack
 
 from hub.broker.backend import Backend, Publication
 from hub.broker.registry import Registry
-from hub.wire.codecs import Codec
+from hub.exceptions import BadRequest
+from hub.wire.codecs import JSON, Codec
 
 __all__ = ["Router", "Subscriber"]
 
@@ -37,12 +38,23 @@ class Subscriber(Hashable, Protocol):
 
 
 def encode_payload(data: Any) -> bytes:
-    """The backend's bytes for a publication's data (msgpack carries any JSON value too)."""
-    return msgpack.packb(data, use_bin_type=True)  # type: ignore[no-any-return]
+    """The backend's bytes for a publication's data: msgpack, or JSON for what msgpack cannot
+    hold (integers beyond 64 bits). The first byte says which; BadRequest if neither can."""
+    try:
+        packed: bytes = msgpack.packb(data, use_bin_type=True)
+        return b"M" + packed
+    except (OverflowError, TypeError, ValueError):
+        pass
+    try:
+        return b"J" + JSON.encode(data).encode()
+    except (TypeError, ValueError) as exc:
+        raise BadRequest(f"data cannot be encoded: {exc}") from None
 
 
 def decode_payload(payload: bytes) -> Any:
-    return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    if payload[:1] == b"J":
+        return JSON.decode(payload[1:].decode())
+    return msgpack.unpackb(payload[1:], raw=False, strict_map_key=False)
 
 
 class Router:
@@ -79,6 +91,7 @@ class Router:
                 await self.backend.unsubscribe(pattern)
 
     async def publish(self, topic: str, data: Any) -> Publication:
+        """Publish ``data`` (any JSON or msgpack value); BadRequest if it cannot be stored."""
         return await self.backend.publish(topic, encode_payload(data))
 
     def deliver(self, publication: Publication) -> None:
@@ -102,7 +115,7 @@ class Router:
                 codec = subscriber.codec
                 frame = frames.get(id(codec))
                 if frame is None:
-                    frame = frames[id(codec)] = codec.prepare(message)
+                    frame = frames[id(codec)] = _prepare(codec, message)
                 subscriber.push(frame)
                 self.delivered += 1
 
@@ -112,3 +125,20 @@ class Router:
             lock = asyncio.Lock()
             self._locks[pattern] = lock
         return lock
+
+
+def _prepare(codec: Codec, message: dict[str, Any]) -> Any:
+    """The msg for this codec or, when its encoding cannot hold the data (binary data for a
+    JSON client, a 70-bit integer for a msgpack one), an error that says so: the subscriber
+    learns which offset it cannot receive instead of meeting a silent gap."""
+    try:
+        return codec.prepare(message)
+    except (OverflowError, TypeError, ValueError) as exc:
+        return codec.prepare(
+            {
+                "op": "error",
+                "code": "unavailable",
+                "message": f"publication {message['offset']} on {message['topic']} (epoch "
+                f"{message['epoch']}) cannot be encoded as {codec.subprotocol}: {exc}",
+            }
+        )

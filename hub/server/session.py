@@ -10,6 +10,7 @@ router, which only ever pushes, is never held up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 from typing import TYPE_CHECKING, Any, cast
@@ -121,6 +122,10 @@ class Session:
                 if isinstance(exc, GARBAGE):
                     invalid_in_a_row += 1
                     if invalid_in_a_row >= limit:
+                        # Let the error replies already queued go out before the close frame.
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1):
+                                await self.outbox.drained()
                         await self.websocket.close(1008, "too many invalid requests")
                         return
             except Exception:

@@ -48,8 +48,10 @@ class Settings(BaseSettings):
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if not value.startswith(("memory://", "redis://", "rediss://")):
-            raise ValueError("must be memory:// or redis://host:port/db")
+        if value.startswith(("redis://", "rediss://")):
+            raise ValueError("the Redis backend is not in this version of hub; use memory://")
+        if not value.startswith("memory://"):
+            raise ValueError("must be memory://")
         return value
 
     @field_validator("log_level", mode="before")

@@ -38,7 +38,8 @@ class JsonCodec:
 
     def __init__(self) -> None:
         # Compact separators: every byte is sent to every subscriber.
-        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+        # allow_nan=False: NaN and Infinity are not JSON, and strict parsers refuse them.
+        self._encoder = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
     def decode(self, frame: str | bytes) -> Any:
         if not isinstance(frame, str):

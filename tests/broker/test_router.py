@@ -115,3 +115,19 @@ async def test_offsets_are_per_topic_and_in_order(router: Router) -> None:
 async def test_publication_without_subscriber_is_not_decoded(router: Router) -> None:
     router.deliver(Publication("nobody", b"\xc1 not msgpack", 1, "e"))  # would fail to decode
     assert router.delivered == 0
+
+
+async def test_data_a_codec_cannot_hold_becomes_an_error_for_its_subscribers(
+    router: Router,
+) -> None:
+    json_client, msgpack_client = FakeSession(JSON), FakeSession(MSGPACK)
+    await router.subscribe("t", json_client)
+    await router.subscribe("t", msgpack_client)
+    await router.publish("t", b"\x00binary")  # fine for msgpack, impossible in JSON
+    await router.publish("t", 2**70)  # fine for JSON, impossible in msgpack
+    assert [m["op"] for m in json_client.messages()] == ["error", "msg"]
+    assert [m["op"] for m in msgpack_client.messages()] == ["msg", "error"]
+    error = json_client.messages()[0]
+    assert error["code"] == "unavailable" and "publication 1 on t" in error["message"]
+    assert json_client.messages()[1]["data"] == 2**70
+    assert msgpack_client.messages()[0]["data"] == b"\x00binary"
