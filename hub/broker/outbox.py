@@ -36,6 +36,11 @@ class Outbox:
         return len(self._frames)
 
     @property
+    def idle(self) -> bool:
+        """True when nothing is queued and the writer has written all it took."""
+        return self._idle.is_set() and not self._frames
+
+    @property
     def size(self) -> int:
         """Bytes (characters for text frames) waiting to be written."""
         return self._size

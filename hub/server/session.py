@@ -64,7 +64,18 @@ class Session:
     # --- output -----------------------------------------------------------------------------------
 
     def push(self, frame: str | bytes | PreparedMessage) -> None:
-        """Queue a frame (the router's fan-out calls this); never blocks."""
+        """Queue a frame (the router's fan-out calls this); never blocks.
+
+        Fast path: with nothing queued ahead of it and a connection that keeps up, a prepared
+        message goes straight to the connection's write buffer. Otherwise it waits in the
+        outbox, in order, for the writer task.
+        """
+        if (
+            isinstance(frame, PreparedMessage)
+            and self.outbox.idle
+            and self.websocket.send_prepared_nowait(frame)
+        ):
+            return
         if not self.outbox.push(frame) and self.outbox.overflowed:
             self._close_soon(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
 

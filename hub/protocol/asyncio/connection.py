@@ -209,6 +209,27 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         if self._writing_paused:
             await self._drain()
 
+    def send_prepared_nowait(self, message: PreparedMessage) -> bool:
+        """Queue a prepared message without waiting, if the connection can take it now.
+
+        False (and nothing sent) while the outgoing buffer is above ``write_limit``, a
+        fragmented message is being sent, or the connection is not open: the caller queues the
+        message and sends it later with :meth:`send_prepared`. This is the fan-out's fast path:
+        no task switch and no future per delivery.
+        """
+        core = self.core
+        if (
+            core is None
+            or core.state is not OPEN
+            or self._writing_paused
+            or self._fragmented_send is not None
+            or self._lost.done()
+        ):
+            return False
+        core.send_prepared(message)
+        self._flush()
+        return True
+
     async def send_prepared(self, message: PreparedMessage) -> None:
         """Send a message serialized once for many connections (see PreparedMessage)."""
         while self._fragmented_send is not None:
