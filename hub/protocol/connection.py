@@ -402,20 +402,18 @@ class PreparedMessage:
         self._frames: dict[object, bytes] = {}
 
     def frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
-        if deflate is None or not deflate.should_compress(len(self.payload)):
-            key: object = None
-        else:
-            key = deflate.shareable
-            if key is None:  # context takeover: only this connection's compressor will do
-                compressed = deflate.compress(self.payload, final=True)
-                return _serialize(self.opcode, compressed, mask=False, rsv=RSV1)
+        if deflate is not None and not deflate.should_compress(len(self.payload)):
+            deflate = None
+        key = None if deflate is None else deflate.shareable
+        if deflate is not None and key is None:
+            return self._build(deflate)  # context takeover: only this connection's compressor
         frame = self._frames.get(key)
         if frame is None:
-            if key is None:
-                frame = _serialize(self.opcode, self.payload, mask=False)
-            else:
-                assert deflate is not None
-                compressed = deflate.compress(self.payload, final=True)
-                frame = _serialize(self.opcode, compressed, mask=False, rsv=RSV1)
-            self._frames[key] = frame
+            frame = self._frames[key] = self._build(deflate)
         return frame
+
+    def _build(self, deflate: PerMessageDeflate | None) -> bytes:
+        if deflate is None:
+            return _serialize(self.opcode, self.payload, mask=False)
+        compressed = deflate.compress(self.payload, final=True)
+        return _serialize(self.opcode, compressed, mask=False, rsv=RSV1)
