@@ -44,6 +44,7 @@ __all__ = [
     "ServerHandshake",
     "accept_key",
     "generate_key",
+    "http_response",
     "reject",
     "status_phrase",
 ]
@@ -68,13 +69,20 @@ def accept_key(key: str) -> str:
 
 def reject(status: int, text: str, headers: HeadersLike | None = None) -> Response:
     """An HTTP error response with a plain-text body that tells a human what went wrong."""
-    body = (text.rstrip("\n") + "\n").encode()
-    response_headers = Headers(
-        [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
-    )
-    response_headers["Connection"] = "close"
+    response_headers = Headers([("Content-Type", "text/plain; charset=utf-8")])
     if headers is not None:
         response_headers.update(headers)
+    return http_response(status, response_headers, (text.rstrip("\n") + "\n").encode())
+
+
+def http_response(status: int, headers: HeadersLike, body: bytes) -> Response:
+    """A plain HTTP response after which the server closes the connection, framed so that the
+    client knows where the body ends (Content-Length and Connection added unless given)."""
+    response_headers = Headers(headers)
+    if "Content-Length" not in response_headers:
+        response_headers["Content-Length"] = str(len(body))
+    if "Connection" not in response_headers:
+        response_headers["Connection"] = "close"
     return Response(status, status_phrase(status), response_headers, body)
 
 

@@ -14,7 +14,7 @@ from typing import Any, cast
 from hub.exceptions import ConnectionClosed, HandshakeError, InvalidVersion
 from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol, protocol_logger
 from hub.protocol.connection import SERVER, Connection
-from hub.protocol.handshake import SelectSubprotocol, ServerHandshake, reject, status_phrase
+from hub.protocol.handshake import SelectSubprotocol, ServerHandshake, http_response, reject
 from hub.protocol.http11 import Headers, HeadersLike, HeadParser, Request, Response
 from hub.protocol.permessage_deflate import Compression, resolve_compression
 
@@ -153,7 +153,7 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
                 if inspect.isawaitable(answer):
                     answer = await answer
             if answer is not None:
-                self._write_response(_plain_http_response(*answer))
+                self._write_response(http_response(*answer))
                 return False
             response, self.subprotocol, deflate = self.handshake.accept(request)
         except HandshakeError as exc:
@@ -210,16 +210,6 @@ class WebSocketServerProtocol(WebSocketCommonProtocol):
     def _abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
-
-
-def _plain_http_response(status: int, headers: HeadersLike, body: bytes) -> Response:
-    """A ``process_request`` answer, framed so that the client knows where the body ends."""
-    response_headers = Headers(headers)
-    if "Content-Length" not in response_headers:
-        response_headers["Content-Length"] = str(len(body))
-    if "Connection" not in response_headers:
-        response_headers["Connection"] = "close"
-    return Response(status, status_phrase(status), response_headers, body)
 
 
 class WebSocketServer:
