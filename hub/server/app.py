@@ -102,7 +102,7 @@ class Hub:
         self.settings = settings or Settings()
         self.node_id = self.settings.node_id or secrets.token_hex(6)
         factory: type[Backend] = backend_factory(self.settings.backend)
-        self.router = Router(lambda deliver: factory(deliver))
+        self.router = Router(factory)
         self.sessions: set[Session] = set()
         self.server: WebSocketServer | None = None
 
@@ -199,11 +199,12 @@ class Hub:
             self.sessions.discard(session)
 
     def _process_request(self, path: str, headers: Headers) -> tuple[int, Headers, bytes] | None:
-        if path.split("?")[0] == "/healthz":
+        route = path.split("?")[0]
+        if route == "/healthz":
             body = json.dumps(self.health()).encode()
             return 200, Headers([("Content-Type", "application/json")]), body
         if "upgrade" not in header_tokens(headers, "Connection"):
-            if path.split("?")[0] == "/":
+            if route == "/":
                 text = b"426 Upgrade Required: this is a hub WebSocket endpoint\n"
                 return (
                     426,
