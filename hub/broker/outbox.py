@@ -29,16 +29,14 @@ class Outbox:
         self._size = 0
         self._waiter: asyncio.Future[None] | None = None
         self._closed = False
-        # Set while the writer waits with nothing queued: everything pushed has been written.
-        self._idle = asyncio.Event()
+        #: True while the writer waits with nothing queued: everything pushed has been written.
+        #: A plain attribute, not a property: the fan-out reads it once per delivery.
+        self.idle = True
+        self._drained = asyncio.Event()
+        self._drained.set()
 
     def __len__(self) -> int:
         return len(self._frames)
-
-    @property
-    def idle(self) -> bool:
-        """True when nothing is queued and the writer has written all it took."""
-        return self._idle.is_set() and not self._frames
 
     @property
     def size(self) -> int:
@@ -55,14 +53,17 @@ class Outbox:
             return False
         self._frames.append(frame)
         self._size += len(frame)
-        self._idle.clear()
+        if self.idle:
+            self.idle = False
+            self._drained.clear()
         self._wake()
         return True
 
     async def get_batch(self) -> list[Frame]:
         """Wait for frames and take all that are queued; [] once the outbox is closed."""
         while not self._frames:
-            self._idle.set()
+            self.idle = True
+            self._drained.set()
             if self._closed or self.overflowed:
                 return []
             self._waiter = asyncio.get_running_loop().create_future()
@@ -77,7 +78,7 @@ class Outbox:
 
     async def drained(self) -> None:
         """Wait until the writer has taken and written everything pushed so far."""
-        await self._idle.wait()
+        await self._drained.wait()
 
     def close(self) -> None:
         """Stop accepting frames and release the writer once the queue is drained."""

@@ -110,14 +110,13 @@ class Router:
                 "offset": publication.offset,
                 "epoch": publication.epoch,
             }
-            frames: dict[int, Any] = {}  # one prepared message per codec, shared by everyone
+            frames: dict[Codec, Any] = {}  # one prepared message per codec, shared by everyone
             for subscriber in subscribers:
-                codec = subscriber.codec
-                frame = frames.get(id(codec))
+                frame = frames.get(subscriber.codec)
                 if frame is None:
-                    frame = frames[id(codec)] = _prepare(codec, message)
+                    frame = frames[subscriber.codec] = _prepare(subscriber.codec, message)
                 subscriber.push(frame)
-                self.delivered += 1
+            self.delivered += len(subscribers)
 
     def _lock(self, pattern: str) -> asyncio.Lock:
         lock = self._locks.get(pattern)

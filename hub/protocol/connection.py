@@ -278,6 +278,14 @@ class Connection:
 
     def send_prepared(self, message: PreparedMessage) -> None:
         """Queue a whole message serialized once for many connections (server side only)."""
+        self._output.append(self.prepared_frame(message))
+
+    def prepared_frame(self, message: PreparedMessage) -> bytes:
+        """The frame that :meth:`send_prepared` would queue, returned instead of queued.
+
+        For a caller that writes the bytes itself, in order: it must have taken
+        :meth:`data_to_send` first, since this frame goes after everything queued before it.
+        """
         self._check_can_send_data(new_message=True)
         if self._mask:
             raise UsageError("prepared messages are for servers: client frames are masked")
@@ -285,7 +293,7 @@ class Connection:
             self.logger.debug(
                 "> %s [prepared]", describe_frame(message.opcode, message.payload, True)
             )
-        self._output.append(message.frame_for(self.deflate))
+        return message.frame_for(self.deflate)
 
     def send_ping(self, data: bytes) -> None:
         """Queue a ping; a pong with the same payload should come back (section 5.5.2)."""

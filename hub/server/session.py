@@ -57,6 +57,7 @@ class Session:
         self.outbox = Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes)
         self.subscriptions: set[str] = set()
         self._closing: asyncio.Task[None] | None = None
+        self._send_prepared_nowait = websocket.send_prepared_nowait  # bound once: hot path
 
     def __hash__(self) -> int:
         return id(self)
@@ -71,9 +72,9 @@ class Session:
         outbox, in order, for the writer task.
         """
         if (
-            isinstance(frame, PreparedMessage)
-            and self.outbox.idle
-            and self.websocket.send_prepared_nowait(frame)
+            self.outbox.idle
+            and frame.__class__ is PreparedMessage
+            and self._send_prepared_nowait(frame)
         ):
             return
         if not self.outbox.push(frame) and self.outbox.overflowed:

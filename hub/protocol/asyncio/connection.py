@@ -19,8 +19,9 @@ import asyncio
 import collections
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from hub.exceptions import ConcurrencyError, ConnectionClosed, ConnectionClosedOK
 from hub.protocol.connection import (
@@ -42,6 +43,43 @@ LoggerLike = logging.Logger | logging.LoggerAdapter[logging.Logger]
 
 #: The protocol layer logs handler errors at ERROR, failed handshakes at INFO, frames at DEBUG.
 protocol_logger = logging.getLogger("hub.protocol")
+
+
+class _TurnWriter:
+    """Writes, at the end of an event-loop turn, what each connection coalesced during it.
+
+    One per event loop and one callback per turn for all connections: a fan-out that queues a
+    frame for 1,000 connections schedules one callback, not 1,000.
+    """
+
+    _by_loop: ClassVar[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _TurnWriter]] = (
+        weakref.WeakKeyDictionary()
+    )
+
+    @classmethod
+    def of(cls, loop: asyncio.AbstractEventLoop) -> _TurnWriter:
+        writer = cls._by_loop.get(loop)
+        if writer is None:
+            writer = cls._by_loop[loop] = cls(loop)
+        return writer
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._waiting: list[WebSocketCommonProtocol] = []
+
+    def add(self, protocol: WebSocketCommonProtocol) -> None:
+        """Call ``protocol._write_pending()`` at the end of this turn (once per registration)."""
+        if not self._waiting:
+            self.loop.call_soon(self._write_all)
+        self._waiting.append(protocol)
+
+    def _write_all(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        for protocol in waiting:
+            try:
+                protocol._write_pending()
+            except Exception:  # one broken transport must not keep the others' bytes back
+                protocol.logger.exception("writing to the transport failed")
 
 
 class WebSocketCommonProtocol(asyncio.Protocol):
@@ -91,6 +129,7 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         self._writing_paused = False
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._pending_writes: list[bytes] = []
+        self._turn_writer = _TurnWriter.of(self.loop)
         self._pending_size = 0
         self._write_scheduled = False
         self._fragmented_send: asyncio.Future[None] | None = None
@@ -226,8 +265,17 @@ class WebSocketCommonProtocol(asyncio.Protocol):
             or self._lost.done()
         ):
             return False
-        core.send_prepared(message)
-        self._flush()
+        # The core has nothing queued (every call into it is followed by _flush), so this frame
+        # may join the pending writes directly: one list append per delivery, and the write
+        # waits for the end of the loop turn, whatever else this turn queues for the peer.
+        frame = core.prepared_frame(message)
+        self._pending_writes.append(frame)
+        self._pending_size += len(frame)
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            self._turn_writer.add(self)
+        elif self._pending_size >= self.write_limit:
+            self._write_now()  # let the transport's flow control see it now
         return True
 
     async def send_prepared(self, message: PreparedMessage) -> None:
@@ -444,7 +492,7 @@ class WebSocketCommonProtocol(asyncio.Protocol):
             if not self._write_scheduled:
                 self._write_now()
                 self._write_scheduled = True
-                self.loop.call_soon(self._write_pending)
+                self._turn_writer.add(self)
             elif self._pending_size + self.transport.get_write_buffer_size() >= self.write_limit:
                 self._write_now()  # over the limit: let the transport pause us now
         if core.state is not OPEN and self._close_deadline is None and not self._lost.done():
