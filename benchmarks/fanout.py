@@ -472,6 +472,16 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def user_cpu_seconds(pid: int) -> float | None:
+    """User-mode CPU time of ``pid`` (clock ticks): the Python side, without the kernel's
+    share of socket writes (which on loopback also pays for the receiver's TCP input)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[11]) / os.sysconf("SC_CLK_TCK")
+
+
 def fill_template(template: str) -> str:
     """Fill ``{bin}`` (this Python's scripts folder); echo.Server fills the rest."""
     return template.replace("{bin}", shlex.quote(str(Path(sys.executable).parent)))
@@ -518,6 +528,7 @@ class Run:
     backlog: int  # deliveries still missing when publishing stopped (summed over slices)
     reads: int  # the subscribers' reads (data_received calls) in the timed window
     late_ns: int = 0  # paced runs: the latest a publication went out against its schedule
+    server_user: float | None = None  # the user-mode part of server_cpu
 
     @property
     def rate(self) -> float:
@@ -533,9 +544,16 @@ class Run:
             return None
         return self.server_cpu / self.deliveries * 1e6
 
+    @property
+    def user_per_delivery_us(self) -> float | None:
+        if self.server_user is None or not self.deliveries:
+            return None
+        return self.server_user / self.deliveries * 1e6
+
     @staticmethod
     def total(runs: Sequence[Run]) -> Run:
         server_cpus = [run.server_cpu for run in runs]
+        server_users = [run.server_user for run in runs]
         return Run(
             sum(run.deliveries for run in runs),
             sum(run.publications for run in runs),
@@ -545,6 +563,7 @@ class Run:
             sum(run.backlog for run in runs),
             sum(run.reads for run in runs),
             max((run.late_ns for run in runs), default=0),
+            None if None in server_users else sum(cpu or 0.0 for cpu in server_users),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -555,6 +574,7 @@ class Run:
             "deliveries_per_s": self.rate,
             "server_cpu_s": self.server_cpu,
             "server_cpu_us_per_delivery": self.cpu_per_delivery_us,
+            "server_user_us_per_delivery": self.user_per_delivery_us,
             "client_cpu_s": self.client_cpu,
             "backlog_at_stop": self.backlog,
             "deliveries_per_read": self.deliveries / self.reads if self.reads else None,
@@ -701,21 +721,16 @@ class Pool:
         self._top_up()
         await asyncio.sleep(SETTLE)
         delivered, published, reads = self.delivered, self.published, self.reads
-        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), self._server_cpu()
+        wall, cpu, server = time.perf_counter(), time.process_time(), self._server_cpu()
         await asyncio.sleep(seconds)
         delivered, published = self.delivered - delivered, self.published - published
         reads = self.reads - reads
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
-        server_cpu_after = self._server_cpu()
+        used, user = self._server_cpu_since(server)
         self._running = False
         backlog = await self.drain()
-        used = (
-            None
-            if server_cpu is None or server_cpu_after is None
-            else server_cpu_after - server_cpu
-        )
-        return Run(delivered, published, wall, cpu, used, backlog, reads)
+        return Run(delivered, published, wall, cpu, used, backlog, reads, server_user=user)
 
     async def measure_paced(self, seconds: float) -> Run:
         """Publish ``rate`` per second on a fixed schedule; every subscriber records latency.
@@ -728,7 +743,7 @@ class Pool:
         interval = 1e9 / self.opts.rate
         count = max(1, round(seconds * self.opts.rate))
         delivered, reads = self.delivered, self.reads
-        wall, cpu, server_cpu = time.perf_counter(), time.process_time(), self._server_cpu()
+        wall, cpu, server = time.perf_counter(), time.process_time(), self._server_cpu()
         start = time.perf_counter_ns()
         late = 0
         sent = 0
@@ -745,17 +760,23 @@ class Pool:
         delivered, reads = self.delivered - delivered, self.reads - reads
         wall = time.perf_counter() - wall
         cpu = time.process_time() - cpu
-        server_cpu_after = self._server_cpu()
+        used, user = self._server_cpu_since(server)
         self.set_mode(COUNT)
-        used = (
-            None
-            if server_cpu is None or server_cpu_after is None
-            else server_cpu_after - server_cpu
-        )
-        return Run(delivered, count, wall, cpu, used, 0, reads, late)
+        return Run(delivered, count, wall, cpu, used, 0, reads, late, user)
 
-    def _server_cpu(self) -> float | None:
-        return cpu_seconds(self.server.process.pid)
+    def _server_cpu(self) -> tuple[float | None, float | None]:
+        """The server's CPU time so far: all of it, and its user-mode part."""
+        pid = self.server.process.pid
+        return cpu_seconds(pid), user_cpu_seconds(pid)
+
+    def _server_cpu_since(
+        self, before: tuple[float | None, float | None]
+    ) -> tuple[float | None, float | None]:
+        after = self._server_cpu()
+        return (
+            None if before[0] is None or after[0] is None else after[0] - before[0],
+            None if before[1] is None or after[1] is None else after[1] - before[1],
+        )
 
     async def close(self, grace: float) -> list[str]:
         endpoints: list[Endpoint] = [self.publisher, *self.subscribers]
@@ -784,8 +805,11 @@ class CaseResult:
     def rate(self, name: str) -> float:
         return statistics.median(run.rate for run in self.runs(name))
 
-    def cpu_us(self, name: str, paced: bool = False) -> float | None:
-        values = [run.cpu_per_delivery_us for run in self.runs(name, paced)]
+    def cpu_us(self, name: str, paced: bool = False, *, user: bool = False) -> float | None:
+        values = [
+            run.user_per_delivery_us if user else run.cpu_per_delivery_us
+            for run in self.runs(name, paced)
+        ]
         if any(value is None for value in values):
             return None
         return statistics.median(value or 0.0 for value in values)
@@ -833,6 +857,7 @@ class CaseResult:
                 "deliveries_per_s": self.rate(name),
                 "server_cpu_us_per_delivery": self.cpu_us(name),
                 "paced_server_cpu_us_per_delivery": self.cpu_us(name, paced=True),
+                "server_user_us_per_delivery": self.cpu_us(name, user=True),
                 "paced_latency_ms": self.percentiles_ms(name),
                 "saturated_latency_ms_designated": self.percentiles_ms(name, saturated=True),
                 "saturated": [
@@ -1045,6 +1070,7 @@ def render_table(results: Sequence[CaseResult]) -> str:
         "slice IQR",
         f"{HUB} us CPU/deliv",
         f"{NAIVE} us CPU/deliv",
+        "user part",
         f"{HUB} p50/p99 ms",
         f"{NAIVE} p50/p99 ms",
         "paced us CPU/deliv",
@@ -1075,6 +1101,7 @@ def render_table(results: Sequence[CaseResult]) -> str:
                 f"{low:.2f}-{high:.2f}",
                 cpu(result.cpu_us(HUB)),
                 cpu(result.cpu_us(NAIVE)),
+                " / ".join(cpu(result.cpu_us(name, user=True)) for name in (HUB, NAIVE)),
                 latency(result, HUB),
                 latency(result, NAIVE),
                 paced_cpu(result),
@@ -1099,6 +1126,7 @@ deliv/s: msg frames received across all subscribers per second at saturation (wi
 ratio: {HUB} / {NAIVE} deliveries per second, > 1 when {HUB} is faster (median over repetitions)
 slice IQR: interquartile range of the ratios of slices run back to back: the noise to expect
 us CPU/deliv: server process CPU time (all threads) per delivery at saturation, microseconds
+user part: {HUB} / {NAIVE} user-mode share of it (the rest is the kernel's socket writes)
 p50/p99 ms: delivery latency at {opts.rate:g} publications/s ({opts.rate * opts.subscribers:,.0f} \
 deliveries/s), all subscribers
 paced us CPU/deliv: {HUB} / {NAIVE} server CPU time per delivery in that paced run

@@ -286,7 +286,8 @@ class Connection:
         For a caller that writes the bytes itself, in order: it must have taken
         :meth:`data_to_send` first, since this frame goes after everything queued before it.
         """
-        self._check_can_send_data(new_message=True)
+        if self.state is not OPEN or self._sending_fragments:
+            self._check_can_send_data(new_message=True)  # raises the error that applies
         if self._mask:
             raise UsageError("prepared messages are for servers: client frames are masked")
         if self.debug:
@@ -410,11 +411,14 @@ class PreparedMessage:
         self._frames: dict[object, bytes] = {}
 
     def frame_for(self, deflate: PerMessageDeflate | None) -> bytes:
-        if deflate is not None and not deflate.should_compress(len(self.payload)):
+        """The frame for a connection with this codec: built once per compression key."""
+        key = None
+        if deflate is not None and deflate.should_compress(len(self.payload)):
+            key = deflate.shareable_key
+            if key is None:
+                return self._build(deflate)  # context takeover: only this connection's compressor
+        else:
             deflate = None
-        key = None if deflate is None else deflate.shareable
-        if deflate is not None and key is None:
-            return self._build(deflate)  # context takeover: only this connection's compressor
         frame = self._frames.get(key)
         if frame is None:
             frame = self._frames[key] = self._build(deflate)

@@ -107,6 +107,12 @@ class PerMessageDeflate:
         self._compressor: zlib._Compress | None = None
         self._decompressor: zlib._Decompress | None = None
         self._inflated = 0  # bytes inflated so far in the message being received
+        #: See :attr:`shareable`; fixed at negotiation, and read once per prepared delivery.
+        self.shareable_key: tuple[int, int, int] | None = (
+            (config.level, config.mem_level, local_max_window_bits)
+            if local_no_context_takeover
+            else None
+        )
 
     def __repr__(self) -> str:
         return (
@@ -175,9 +181,7 @@ class PerMessageDeflate:
         depends only on the level, the memory level and the window: a broker can compress a
         publication once per key and send the bytes to every connection that shares it.
         """
-        if not self.local_no_context_takeover:
-            return None
-        return (self.config.level, self.config.mem_level, self.local_max_window_bits)
+        return self.shareable_key
 
     def compress(self, data: bytes, *, final: bool) -> bytes:
         """Deflate one frame's worth of a message (section 7.2.1)."""
