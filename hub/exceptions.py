@@ -17,6 +17,7 @@
     ├── ConnectionClosed            the connection is closed (carries the close frames rcvd/sent)
     │   ├── ConnectionClosedOK      both sides closed with 1000 or 1001
     │   └── ConnectionClosedError   any other ending, including no close frame at all
+    ├── InsufficientState           4010: the hub lost its place in a subscription's streams
     ├── UsageError                  the caller misused the API (we are at fault, not the peer)
     │   └── ConcurrencyError        two tasks called recv() at once, or similar
     └── RequestError                a hub request cannot be served (carries the wire error code)
@@ -49,6 +50,7 @@ __all__ = [
     "HandshakeError",
     "HandshakeTimeout",
     "HubError",
+    "InsufficientState",
     "InternalError",
     "InvalidOrigin",
     "InvalidPayloadData",
@@ -207,6 +209,17 @@ class ConnectionClosedOK(ConnectionClosed):
 
 class ConnectionClosedError(ConnectionClosed):
     """The connection ended with an error code, or without a complete closing handshake."""
+
+
+# --- subscriptions --------------------------------------------------------------------------------
+
+
+class InsufficientState(HubError):
+    """The hub may have missed publications for a subscription (a backend outage) and could not
+    fill the gap: the subscription ends, and its owner subscribes again, recovering from the last
+    position it saw. Sessions are closed with ``close_code`` (PROTOCOL.md, close codes)."""
+
+    close_code = 4010
 
 
 # --- API misuse -----------------------------------------------------------------------------------

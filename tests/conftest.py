@@ -7,6 +7,14 @@ from collections.abc import Generator
 
 import pytest
 
+# Fixtures of real redis-server processes (tests/redis_server.py says which).
+from tests.redis_server import (  # noqa: F401
+    redis_prefix,
+    redis_server,
+    redis_url,
+    start_redis_server,
+)
+
 #: Whether the test's call phase failed, for fixtures that clean up harder after a failure.
 CALL_FAILED = pytest.StashKey[bool]()
 

@@ -5,16 +5,22 @@ the backend to a pattern when the first local client subscribes to it and unsubs
 last one leaves; the backend then calls the router back, once per publication, for every
 publication on a topic that matches at least one subscribed pattern, in offset order per topic.
 
-Implementations: :mod:`hub.broker.memory` (one process). Redis comes with its own module.
+When a backend learns that it may have lost publications (its connection to a shared store
+dropped, a stream's epoch changed under it), it calls ``on_gap`` with the subscribed patterns
+that matched the affected topics, so that the router can close their subscribers with 4010
+(insufficient state) instead of letting them miss messages silently.
+
+Implementations: :mod:`hub.broker.memory` (one process) and :mod:`hub.broker.redis` (many nodes
+sharing one Redis).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Backend", "OnPublication", "Publication"]
+__all__ = ["Backend", "OnGap", "OnPublication", "Publication"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,16 +41,37 @@ class Publication:
 #: The router's callback; it must not block (it runs on the backend's delivery path).
 OnPublication = Callable[[Publication], None]
 
+#: Called with the subscribed patterns whose subscribers may have missed publications; it must
+#: not block either.
+OnGap = Callable[[Sequence[str]], None]
+
+
+def _ignore_gap(patterns: Sequence[str]) -> None:
+    """The default ``on_gap``: a backend that cannot lose publications never calls it."""
+
 
 class Backend(abc.ABC):
     """Start it, subscribe patterns, publish; close it when the node stops.
 
     ``on_publication`` receives every publication on a subscribed topic exactly once per node,
-    per topic in offset order, however many subscribed patterns match it.
+    per topic in offset order, however many subscribed patterns match it. ``on_gap`` is told
+    when that promise was broken for some patterns (see the module docstring).
     """
 
-    def __init__(self, on_publication: OnPublication) -> None:
+    def __init__(self, on_publication: OnPublication, *, on_gap: OnGap | None = None) -> None:
         self.on_publication = on_publication
+        self.on_gap: OnGap = _ignore_gap if on_gap is None else on_gap
+
+    @property
+    @abc.abstractmethod
+    def state(self) -> str:
+        """``"starting"`` (not started yet), ``"up"``, ``"down"`` (its store is unreachable:
+        publish and position fail with Unavailable) or ``"closed"``."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the backend is up (for health checks and metrics)."""
+        return self.state == "up"
 
     @abc.abstractmethod
     async def start(self) -> None:

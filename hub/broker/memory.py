@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import secrets
 
-from hub.broker.backend import Backend, OnPublication, Publication
+from hub.broker.backend import Backend, OnGap, OnPublication, Publication
 from hub.broker.registry import Registry
 from hub.exceptions import UsageError
 
@@ -18,18 +18,26 @@ __all__ = ["MemoryBackend"]
 class MemoryBackend(Backend):
     """Publications are delivered synchronously, inside ``publish``, so order is publish order."""
 
-    def __init__(self, on_publication: OnPublication) -> None:
-        super().__init__(on_publication)
+    def __init__(self, on_publication: OnPublication, *, on_gap: OnGap | None = None) -> None:
+        super().__init__(on_publication, on_gap=on_gap)
         self.epoch = secrets.token_hex(8)
         self._offsets: dict[str, int] = {}
         self._patterns: Registry[None] = Registry()
         self._running = False
+        self._state = "starting"
+
+    @property
+    def state(self) -> str:
+        """``"up"`` once started (it never goes down: it never calls ``on_gap`` either)."""
+        return self._state
 
     async def start(self) -> None:
         self._running = True
+        self._state = "up"
 
     async def close(self) -> None:
         self._running = False
+        self._state = "closed"
 
     async def subscribe(self, pattern: str) -> None:
         self._patterns.add(pattern, None)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, Protocol
 
 import msgpack
@@ -30,11 +30,20 @@ logger = logging.getLogger("hub.broker")
 
 
 class Subscriber(Hashable, Protocol):
-    """What the router needs of a session: its codec and a non-blocking push."""
+    """What the router needs of a session: its codec, a non-blocking push, and a way to tell it
+    that its subscription can no longer be served without a gap."""
 
     codec: Codec
 
     def push(self, frame: Any) -> None: ...
+
+    def lost(self, reason: str) -> None:
+        """Publications may be missing after what was pushed so far (a backend outage): end
+        the subscription (a session closes with 4010) so that the client recovers."""
+
+
+#: How the router makes its backend: ``factory(on_publication, on_gap=...)``.
+BackendFactory = Callable[..., Backend]
 
 
 def encode_payload(data: Any) -> bytes:
@@ -60,8 +69,8 @@ def decode_payload(payload: bytes) -> Any:
 class Router:
     """One per node. Create it with a backend factory, then ``await start()``."""
 
-    def __init__(self, backend_factory: Callable[[Callable[[Publication], None]], Backend]) -> None:
-        self.backend = backend_factory(self.deliver)
+    def __init__(self, backend_factory: BackendFactory) -> None:
+        self.backend = backend_factory(self.deliver, on_gap=self.lost)
         self.registry: Registry[Subscriber] = Registry()
         # A lock lives while a coroutine holds or awaits it, so idle patterns cost nothing.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
@@ -117,6 +126,19 @@ class Router:
                     frame = frames[subscriber.codec] = _prepare(subscriber.codec, message)
                 subscriber.push(frame)
             self.delivered += len(subscribers)
+
+    def lost(self, patterns: Sequence[str]) -> None:
+        """The backend's notice that these patterns' subscribers may have missed publications."""
+        for pattern in patterns:
+            subscribers = self.registry.subscribers(pattern)
+            if subscribers:
+                logger.warning(
+                    "lost the position of %s (backend outage): ending %d subscriptions with 4010",
+                    pattern,
+                    len(subscribers),
+                )
+            for subscriber in subscribers:
+                subscriber.lost(f"insufficient state: publications on {pattern} may be missing")
 
     def _lock(self, pattern: str) -> asyncio.Lock:
         lock = self._locks.get(pattern)

@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import json
 import logging
 import secrets
@@ -21,11 +23,11 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
 
-from hub.broker.backend import Backend
 from hub.broker.memory import MemoryBackend
-from hub.broker.router import Router
+from hub.broker.redis import RedisBackend
+from hub.broker.router import BackendFactory, Router
 from hub.broker.topics import validate_pattern, validate_topic
-from hub.exceptions import NegotiationError, Unavailable
+from hub.exceptions import InsufficientState, NegotiationError
 from hub.protocol.asyncio import WebSocketServer, WebSocketServerProtocol, serve
 from hub.protocol.http11 import Headers, header_tokens
 from hub.server.session import Session
@@ -37,10 +39,17 @@ __all__ = ["Hub", "LocalSubscription"]
 logger = logging.getLogger("hub.server")
 
 
-def backend_factory(url: str) -> type[Backend]:
-    if url.startswith("memory://"):
+def backend_factory(settings: Settings) -> BackendFactory:
+    """The backend that ``settings.backend`` names: ``memory://`` or a Redis URL."""
+    if settings.backend == "memory://":
         return MemoryBackend
-    raise Unavailable(f"backend {url!r} is not available in this version of hub")
+    return functools.partial(
+        RedisBackend,
+        url=settings.backend,
+        key_prefix=settings.redis_prefix,
+        command_timeout=settings.redis_timeout,
+        backoff_cap=settings.redis_backoff_cap,
+    )
 
 
 class _PythonCodec:
@@ -71,19 +80,37 @@ class LocalSubscription:
         self.hub = hub
         self.pattern = pattern
         self.dropped = 0
-        self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_messages)
+        self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_messages)
+        self._lost: str | None = None  # why the hub lost its place in the pattern's streams
 
     def __hash__(self) -> int:
         return id(self)
 
     def push(self, frame: Any) -> None:
+        if self._lost is not None:
+            return
         try:
             self._queue.put_nowait(frame)
         except asyncio.QueueFull:
             self.dropped += 1
 
+    def lost(self, reason: str) -> None:
+        """The router's notice that messages may be missing from here on (see get)."""
+        if self._lost is None:
+            self._lost = reason
+            with contextlib.suppress(asyncio.QueueFull):
+                self._queue.put_nowait(None)  # wakes a waiting get(); a full queue has no waiter
+
     async def get(self) -> dict[str, Any]:
-        return await self._queue.get()
+        """The next message; after the messages received before a gap, InsufficientState:
+        close this subscription and subscribe again (PROTOCOL.md, 4010)."""
+        if self._lost is not None and self._queue.empty():
+            raise InsufficientState(self._lost)
+        message = await self._queue.get()
+        if message is None:
+            assert self._lost is not None
+            raise InsufficientState(self._lost)
+        return message
 
     def __aiter__(self) -> LocalSubscription:
         return self
@@ -101,8 +128,7 @@ class Hub:
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.node_id = self.settings.node_id or secrets.token_hex(6)
-        factory: type[Backend] = backend_factory(self.settings.backend)
-        self.router = Router(factory)
+        self.router = Router(backend_factory(self.settings))
         self.sessions: set[Session] = set()
         self.server: WebSocketServer | None = None
 
@@ -159,10 +185,13 @@ class Hub:
         return subscription
 
     def health(self) -> dict[str, Any]:
+        """``/healthz``'s body; ``status`` is "ok" only while the backend is up (else 503)."""
+        backend = self.router.backend
         return {
-            "status": "ok",
+            "status": "ok" if backend.healthy else "unavailable",
             "node": self.node_id,
             "backend": self.settings.backend.split("://")[0],
+            "backend_state": backend.state,
             "connections": len(self.sessions),
         }
 
@@ -201,8 +230,13 @@ class Hub:
     def _process_request(self, path: str, headers: Headers) -> tuple[int, Headers, bytes] | None:
         route = path.split("?")[0]
         if route == "/healthz":
-            body = json.dumps(self.health()).encode()
-            return 200, Headers([("Content-Type", "application/json")]), body
+            health = self.health()
+            status = 200 if health["status"] == "ok" else 503
+            return (
+                status,
+                Headers([("Content-Type", "application/json")]),
+                json.dumps(health).encode(),
+            )
         if "upgrade" not in header_tokens(headers, "Connection"):
             if route == "/":
                 text = b"426 Upgrade Required: this is a hub WebSocket endpoint\n"

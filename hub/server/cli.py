@@ -21,6 +21,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from hub.broker.redis import redact_url
+from hub.exceptions import Unavailable
 from hub.server.app import Hub
 from hub.server.settings import Settings
 
@@ -66,7 +68,8 @@ async def run(settings: Settings) -> None:
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD, 20, 100)
     addresses = ", ".join(str(sock.getsockname()) for sock in server.sockets)
-    logger.info("hub %s listening on %s (backend %s)", hub.node_id, addresses, settings.backend)
+    backend = redact_url(settings.backend)
+    logger.info("hub %s listening on %s (backend %s)", hub.node_id, addresses, backend)
     stop = asyncio.get_running_loop().create_future()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set_result, signum)
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as exc:
         print(f"hub-server: --loop uvloop needs the uvloop extra: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # the port is taken, say
+    except (OSError, Unavailable) as exc:  # the port is taken, Redis cannot be reached, ...
         logger.error("cannot start: %s", exc)
         return 1
     return 0

@@ -20,6 +20,7 @@ from hub.broker.topics import is_pattern
 from hub.exceptions import (
     BadRequest,
     ConnectionClosed,
+    InsufficientState,
     InternalError,
     InvalidTopic,
     NotSubscribed,
@@ -79,6 +80,10 @@ class Session:
             return
         if not self.outbox.push(frame) and self.outbox.overflowed:
             self._close_soon(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
+
+    def lost(self, reason: str) -> None:
+        """Router: publications may be missing; 4010 tells the client to reconnect and recover."""
+        self._close_soon(InsufficientState.close_code, reason)
 
     def reply(self, message: dict[str, Any]) -> None:
         self.push(self.codec.encode(message))
@@ -170,7 +175,12 @@ class Session:
                 self.subscriptions.add(pattern)
             fields: dict[str, Any] = {"recovered": False}
             if not is_pattern(pattern):
-                epoch, offset = await router.backend.position(pattern)
+                try:
+                    epoch, offset = await router.backend.position(pattern)
+                except RequestError:  # unavailable: the client was not told it is subscribed
+                    self.subscriptions.discard(pattern)
+                    await router.unsubscribe(pattern, self)
+                    raise
                 fields.update(epoch=epoch, offset=offset)
             self._ok(request.id, **fields)
         elif isinstance(request, Unsub):

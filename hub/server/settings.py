@@ -45,14 +45,23 @@ class Settings(BaseSettings):
     ping_timeout: float | None = Field(default=20.0, gt=0)
     drain_timeout: float = Field(default=5.0, ge=0, description="to flush queues at shutdown")
 
+    # The Redis backend (docs/deployment.md), in seconds.
+    redis_prefix: str = Field(
+        default="hub", min_length=1, pattern=r"^[A-Za-z0-9_:-]+$", description="key prefix"
+    )
+    redis_timeout: float = Field(
+        default=2.0, gt=0, description="per command; a publish fails with unavailable after it"
+    )
+    redis_backoff_cap: float = Field(
+        default=2.0, ge=0.05, description="longest reconnect delay (the first is up to 0.05)"
+    )
+
     @field_validator("backend")
     @classmethod
     def _known_backend(cls, value: str) -> str:
-        if value.startswith(("redis://", "rediss://")):
-            raise ValueError("the Redis backend is not in this version of hub; use memory://")
-        if not value.startswith("memory://"):
-            raise ValueError("must be memory://")
-        return value
+        if value == "memory://" or value.startswith(("redis://", "rediss://", "unix://")):
+            return value
+        raise ValueError("must be memory:// or a Redis URL (redis://, rediss://, unix://)")
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hub.broker.backend import Backend, OnPublication, Publication
+from hub.broker.backend import Backend, OnGap, OnPublication, Publication
 from hub.broker.memory import MemoryBackend
 from hub.broker.router import Router
 from hub.protocol.connection import PreparedMessage
@@ -18,9 +18,13 @@ class FakeSession:
     def __init__(self, codec: Codec = JSON) -> None:
         self.codec = codec
         self.frames: list[PreparedMessage] = []
+        self.lost_reasons: list[str] = []
 
     def push(self, frame: PreparedMessage) -> None:
         self.frames.append(frame)
+
+    def lost(self, reason: str) -> None:
+        self.lost_reasons.append(reason)
 
     def messages(self) -> list[Any]:
         return [
@@ -30,8 +34,8 @@ class FakeSession:
 
 
 class CountingBackend(MemoryBackend):
-    def __init__(self, on_publication: OnPublication) -> None:
-        super().__init__(on_publication)
+    def __init__(self, on_publication: OnPublication, *, on_gap: OnGap | None = None) -> None:
+        super().__init__(on_publication, on_gap=on_gap)
         self.calls: list[tuple[str, str]] = []
         self.fail_next_subscribe = False
 
@@ -131,3 +135,17 @@ async def test_data_a_codec_cannot_hold_becomes_an_error_for_its_subscribers(
     assert error["code"] == "unavailable" and "publication 1 on t" in error["message"]
     assert json_client.messages()[1]["data"] == 2**70
     assert msgpack_client.messages()[0]["data"] == b"\x00binary"
+
+
+async def test_a_gap_reaches_exactly_the_subscribers_of_the_lost_patterns() -> None:
+    router = Router(CountingBackend)
+    await router.start()
+    hit, also_hit, spared = FakeSession(), FakeSession(MSGPACK), FakeSession()
+    await router.subscribe("chat.*", hit)
+    await router.subscribe("chat.*", also_hit)
+    await router.subscribe("chat.room", spared)
+    router.backend.on_gap(["chat.*", "never.subscribed"])
+    assert len(hit.lost_reasons) == len(also_hit.lost_reasons) == 1
+    assert "chat.*" in hit.lost_reasons[0]
+    assert spared.lost_reasons == []
+    await router.close()

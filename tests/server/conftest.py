@@ -258,3 +258,7 @@ async def start_hub(request: pytest.FixtureRequest) -> AsyncIterator[StartHub]:
     yield start
     for process in processes:
         await asyncio.to_thread(process.stop)
+
+
+# The raw peers' fixtures, for every test module of this folder.
+from tests.server.peers import codec, collect, open_peer, prefix  # noqa: E402, F401

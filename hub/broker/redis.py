@@ -1,0 +1,695 @@
+"""The Redis backend: every node that shares one Redis shares offsets and publications.
+
+Theory of operation
+-------------------
+**Keys and channels.** Each concrete topic has one hash, ``{prefix}:s:{topic}``, with the fields
+``epoch`` and ``offset``, and one channel, ``{prefix}:t:{topic}``. A publish is one round trip:
+an EVALSHA of a Lua script that, atomically, sets the epoch if the hash has none (HSETNX of a
+random candidate that the caller makes), increments the offset and PUBLISHes
+``b"<offset> <epoch> " + payload`` on the channel. So the epoch outlives hub restarts and changes
+when Redis loses the hash (FLUSHALL, a restart without persistence): offsets start again at 1
+under a new epoch, which tells clients that what they remember no longer applies. ``position``
+creates the epoch the same way, so that the first publish keeps the epoch a subscriber was told.
+
+**Subscriptions.** A concrete topic is a SUBSCRIBE of its channel, a pattern a PSUBSCRIBE of the
+Redis glob in which each wildcard token becomes ``*``: ``chat.*`` and ``chat.>`` both become
+``{prefix}:t:chat.*``, which matches ``chat.a.b`` too, so the node narrows what arrives with a
+:class:`~hub.broker.registry.Registry` of the subscribed patterns, as the memory backend does.
+
+**Connections.** Commands go through a pool of connections with a socket timeout, and redis-py
+never retries them (a publish retried after a lost reply would be published twice).
+Publications arrive on one dedicated pub/sub connection, read by one reader task, which is the
+only one to read it. Both speak RESP2. A silent pub/sub connection is checked with a PING every
+``health_check_interval`` seconds, so that a half-open connection does not go unnoticed.
+
+**Order, duplicates and gaps.** For every concrete topic that it delivered or that is
+subscribed, the reader keeps the last delivered ``(epoch, offset)``, the baseline. A message
+with the next offset is delivered. One at or below the baseline is a duplicate (a node that
+subscribed ``chat.room`` and ``chat.*`` receives each publication twice, as message and as
+pmessage) and is dropped. One past the next offset, or of another epoch, reveals a gap:
+``on_gap`` is called with the subscribed patterns that match the topic (the router closes their
+subscribers with 4010), then the baseline restarts at that message, which is delivered.
+Baselines of topics that no subscribed pattern matches any more are forgotten.
+
+**Outages.** When the pub/sub connection fails, the backend is ``"down"``: publish and position
+fail at once with Unavailable, subscribe and unsubscribe only change the local registry. The
+reader reconnects with exponential backoff and full jitter, subscribes everything again, then
+reads the position of every topic with a baseline: where the epoch changed or the offset moved,
+publications were missed and ``on_gap`` is called for the patterns that match the topic. For a
+wildcard pattern the node cannot know which topics that it never saw were published during the
+outage, so after any reconnect of the pub/sub connection ``on_gap`` is called for every
+subscribed wildcard pattern. That is conservative: history and recovery will narrow it to the
+topics that moved. A subscription that Redis does not confirm within ``command_timeout`` (a hung
+Redis) fails with Unavailable and takes the pub/sub connection down the same way. A failure of
+the reader that is not a connection error is logged with its traceback, and the reader starts
+over as after an outage (reconnect, resubscribe, report gaps): it never dies silently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any, Protocol, cast
+
+import redis.asyncio
+import redis.exceptions
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+
+from hub.broker.backend import Backend, OnGap, OnPublication, Publication
+from hub.broker.registry import Registry
+from hub.broker.topics import SINGLE, TAIL, is_pattern, matches
+from hub.exceptions import InternalError, Unavailable, UsageError
+
+__all__ = ["RedisBackend", "redact_url"]
+
+logger = logging.getLogger("hub.broker.redis")
+
+#: KEYS[1] the topic's hash; ARGV: channel, candidate epoch, payload. Returns {epoch, offset}.
+_PUBLISH = """
+redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+redis.call('PUBLISH', ARGV[1], string.format('%d %s ', offset, epoch) .. ARGV[3])
+return {epoch, offset}
+"""
+
+#: KEYS: topics' hashes; ARGV[i]: a candidate epoch for KEYS[i]. Returns {epoch1, offset1, ...}.
+_POSITIONS = """
+local result = {}
+for i, key in ipairs(KEYS) do
+    redis.call('HSETNX', key, 'epoch', ARGV[i])
+    local position = redis.call('HMGET', key, 'epoch', 'offset')
+    result[2 * i - 1] = position[1]
+    result[2 * i] = position[2] or 0
+end
+return result
+"""
+
+#: How many topics one positions call or one (P)SUBSCRIBE names at most.
+_BATCH = 500
+
+#: What a lost or hung connection raises (asyncio's TimeoutError is an OSError).
+_CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError)
+
+#: A Redis subscription: (is it a PSUBSCRIBE, the channel or glob as sent).
+_Target = tuple[bool, bytes]
+
+
+class _Connection(Protocol):
+    """What the backend uses of a redis-py connection (whose ``connect`` has no annotations)."""
+
+    @property
+    def is_connected(self) -> bool: ...
+
+    async def connect(self) -> None: ...
+
+    async def disconnect(self, nowait: bool = False) -> None: ...
+
+    async def send_command(self, *args: Any, **kwargs: Any) -> None: ...
+
+    async def read_response(
+        self,
+        disable_decoding: bool = False,
+        timeout: float | None = None,  # noqa: ASYNC109
+    ) -> Any: ...
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: the only form that may be logged."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+        if parts.password is None and "password" not in parts.query:
+            return url  # nothing to hide (and urlunsplit would turn memory:// into memory:)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, hostport = netloc.rpartition("@")
+            netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+        query = parts.query
+        if query:
+            fields = urllib.parse.parse_qsl(query, keep_blank_values=True)
+            query = urllib.parse.urlencode(
+                [(k, "***" if k == "password" else v) for k, v in fields], safe="*/"
+            )
+        return urllib.parse.urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:
+        return "<redis URL that cannot be parsed>"
+
+
+def _password_of(url: str) -> str | None:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        password = urllib.parse.unquote(parts.password or "")
+        for key, value in urllib.parse.parse_qsl(parts.query):
+            if key == "password":
+                password = value
+    except ValueError:
+        return None
+    return password or None
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+def _backoff(base: float, cap: float, attempt: int) -> float:
+    """Exponential backoff with full jitter: a uniform delay up to ``min(cap, base * 2**n)``."""
+    return random.uniform(0, min(cap, base * 2 ** min(attempt, 32)))
+
+
+class RedisBackend(Backend):
+    """Offsets and publications in Redis, so that many nodes serve the same topics.
+
+    ``url`` is what :meth:`redis.asyncio.Redis.from_url` takes (``redis://``, ``rediss://``,
+    ``unix://``, with an optional password); it is only ever logged redacted. Publish and
+    position give up after ``command_timeout`` seconds (the first connection after
+    ``connect_timeout``) with :class:`~hub.exceptions.Unavailable`. After an outage the
+    reader reconnects with a backoff from ``backoff_base`` to ``backoff_cap`` seconds.
+    ``on_gap`` receives the patterns whose subscribers may have missed publications.
+    """
+
+    def __init__(
+        self,
+        on_publication: OnPublication,
+        url: str = "redis://127.0.0.1:6379/0",
+        *,
+        on_gap: OnGap | None = None,
+        key_prefix: str = "hub",
+        command_timeout: float = 2.0,
+        connect_timeout: float | None = None,
+        health_check_interval: float = 5.0,
+        backoff_base: float = 0.05,
+        backoff_cap: float = 2.0,
+        max_connections: int = 32,
+    ) -> None:
+        super().__init__(on_publication, on_gap=on_gap)
+        if command_timeout <= 0 or (connect_timeout is not None and connect_timeout <= 0):
+            raise UsageError("command_timeout and connect_timeout must be positive")
+        if not 0 < backoff_base <= backoff_cap or health_check_interval <= 0:
+            raise UsageError("need 0 < backoff_base <= backoff_cap and health_check_interval > 0")
+        if max_connections < 1 or not key_prefix:
+            raise UsageError("max_connections must be at least 1 and key_prefix not empty")
+        self.url = url
+        self.key_prefix = key_prefix
+        self.command_timeout = command_timeout
+        self.connect_timeout = command_timeout if connect_timeout is None else connect_timeout
+        self.health_check_interval = health_check_interval
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.max_connections = max_connections
+        self.redacted_url = redact_url(url)
+        self._password = _password_of(url)
+        self._key_head = f"{key_prefix}:s:"
+        self._channel_head = f"{key_prefix}:t:".encode()
+        self._glob_head = f"{_glob_escape(key_prefix)}:t:".encode()
+
+        self._state = "starting"
+        self._patterns: Registry[None] = Registry()
+        #: Redis subscriptions and the patterns that need them (chat.* and chat.> share one).
+        self._targets: dict[_Target, set[str]] = {}
+        #: Per concrete topic, the last delivered (epoch, offset).
+        self._baselines: dict[str, tuple[str, int]] = {}
+        #: Sent on the current pub/sub connection and not confirmed yet; True once confirmed,
+        #: False if the connection was lost first.
+        self._confirmations: dict[_Target, asyncio.Future[bool]] = {}
+        self._client: redis.asyncio.Redis | None = None
+        self._pool: redis.asyncio.ConnectionPool | None = None  # makes pub/sub connections
+        self._conn: _Connection | None = None  # the pub/sub connection
+        self._ready = False  # _conn is subscribed to every target and read by the reader
+        self._reader: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._down_since = 0.0
+
+    # --- state ------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self._state
+
+    async def start(self) -> None:
+        """Connect, load the scripts, subscribe; Unavailable (naming the URL without its
+        password) if Redis cannot be reached within ``connect_timeout + command_timeout``."""
+        if self._state != "starting":
+            raise UsageError(f"the redis backend is {self._state}; start() it only once")
+        options: dict[str, Any] = {
+            "decode_responses": False,
+            "socket_timeout": self.command_timeout,
+            "socket_connect_timeout": self.connect_timeout,
+            "retry": Retry(NoBackoff(), 0),
+            "health_check_interval": 0,
+        }
+        try:
+            commands = redis.asyncio.BlockingConnectionPool.from_url(
+                self.url,
+                max_connections=self.max_connections,
+                timeout=self.command_timeout,
+                **options,
+            )
+            self._pool = redis.asyncio.ConnectionPool.from_url(self.url, **options)
+        except ValueError as exc:
+            raise UsageError(f"invalid redis URL {self.redacted_url}: {self._scrub(exc)}") from None
+        # RESP2 whatever the URL says: publications arrive as plain arrays (redis-py turns
+        # RESP3 pushes into a string for a debug log, per message), and it works with any Redis.
+        for pool in (commands, self._pool):
+            pool.connection_kwargs["protocol"] = 2
+        self._client = redis.asyncio.Redis.from_pool(commands)
+        self._publish_script = self._client.register_script(_PUBLISH)
+        self._positions_script = self._client.register_script(_POSITIONS)
+        try:
+            async with asyncio.timeout(self.connect_timeout + self.command_timeout):
+                await self._load_scripts()
+                self._conn, _, queued = await self._open()
+        except (redis.exceptions.RedisError, OSError) as exc:
+            await self._release()
+            reason = self._describe(exc, self.connect_timeout + self.command_timeout)
+            raise Unavailable(f"redis is unavailable at {self.redacted_url}: {reason}") from exc
+        self._state = "up"
+        self._ready = True
+        self._reader = asyncio.create_task(self._run(self._conn, queued), name="redis reader")
+        self._reader.add_done_callback(self._reader_done)
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._ready = False
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        await self._release()
+
+    async def _release(self) -> None:
+        self._lose_confirmations()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # --- commands -----------------------------------------------------------------------------
+
+    async def publish(self, topic: str, payload: bytes) -> Publication:
+        self._check_state()
+        channel = self._channel_head + topic.encode()
+        args = (channel, secrets.token_hex(8), payload)
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                epoch, offset = await self._publish_script(keys=[self._key_head + topic], args=args)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise self._command_error(exc) from exc
+        return Publication(topic, payload, int(offset), epoch.decode())
+
+    async def position(self, topic: str) -> tuple[str, int]:
+        self._check_state()
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                [position] = await self._positions([topic])
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise self._command_error(exc) from exc
+        return position
+
+    def _check_state(self) -> None:
+        if self._state == "up":
+            return
+        if self._state == "down":
+            down = time.monotonic() - self._down_since
+            raise Unavailable(f"redis is unavailable: the connection was lost {down:.1f} s ago")
+        if self._state == "closed":
+            raise UsageError("the redis backend is closed")
+        raise UsageError("the redis backend is not started: start() it first")
+
+    async def _positions(self, topics: Sequence[str]) -> list[tuple[str, int]]:
+        """Epoch and last offset of each topic, creating the epoch of a topic without one."""
+        positions: list[tuple[str, int]] = []
+        for start in range(0, len(topics), _BATCH):
+            batch = topics[start : start + _BATCH]
+            keys = [self._key_head + topic for topic in batch]
+            candidates = [secrets.token_hex(8) for _ in batch]
+            reply = await self._positions_script(keys=keys, args=candidates)
+            positions.extend(
+                (reply[i].decode(), int(reply[i + 1])) for i in range(0, len(reply), 2)
+            )
+        return positions
+
+    async def _load_scripts(self) -> None:
+        """Load the scripts, so that even the first publish is one round trip."""
+        assert self._client is not None
+        for script in (self._publish_script, self._positions_script):
+            script.sha = await self._client.script_load(script.script)
+
+    def _command_error(self, exc: Exception) -> Unavailable | InternalError:
+        if isinstance(exc, _CONNECTION_ERRORS):
+            return Unavailable(f"redis is unavailable: {self._describe(exc)}")
+        if isinstance(exc, redis.exceptions.ReadOnlyError):
+            return Unavailable(f"redis is unavailable: it is a read-only replica ({exc})")
+        return InternalError(f"redis failed: {self._scrub(exc)}")
+
+    def _describe(self, exc: BaseException, within: float | None = None) -> str:
+        if isinstance(exc, TimeoutError) and not str(exc):
+            return f"no answer within {within or self.command_timeout:g} s"
+        return self._scrub(exc)
+
+    def _scrub(self, exc: BaseException) -> str:
+        """The exception's message, with the password masked should it ever appear."""
+        text = str(exc) or type(exc).__name__
+        return text.replace(self._password, "***") if self._password else text
+
+    # --- subscriptions ------------------------------------------------------------------------
+
+    def _target(self, pattern: str) -> _Target:
+        if is_pattern(pattern):
+            tokens = pattern.split(".")
+            glob = ".".join("*" if t in (SINGLE, TAIL) else t for t in tokens)
+            return True, self._glob_head + glob.encode()
+        return False, self._channel_head + pattern.encode()
+
+    async def subscribe(self, pattern: str) -> None:
+        if self._state == "closed":
+            raise UsageError("the redis backend is closed")
+        if pattern in self._patterns:
+            return
+        concrete = not is_pattern(pattern)
+        # A topic that another pattern already delivers keeps its baseline: resetting it would
+        # drop publications in flight that the other pattern's subscribers expect.
+        covered = concrete and next(self._patterns.match(pattern), None) is not None
+        self._patterns.add(pattern, None)
+        target = self._target(pattern)
+        users = self._targets.setdefault(target, set())
+        users.add(pattern)
+        conn = self._conn
+        if not self._ready or conn is None:
+            return  # recorded: (re)connecting subscribes every target
+        try:
+            if await self._confirmed(target, conn) and concrete and not covered:
+                await self._set_baseline(pattern)
+        except BaseException:
+            self._remove(pattern)  # as if never subscribed (the router rolls back too)
+            raise
+
+    async def _confirmed(self, target: _Target, conn: _Connection) -> bool:
+        """Subscribe ``conn`` to ``target`` unless it is already; False if the connection was
+        lost first (the reader subscribes it again), Unavailable if Redis does not answer."""
+        waiter = self._confirmations.get(target)
+        if waiter is None:
+            if len(self._targets[target]) > 1:
+                return True  # chat.> shares the glob that chat.* subscribed
+            waiter = asyncio.get_running_loop().create_future()
+            self._confirmations[target] = waiter
+            if not await self._send(conn, "PSUBSCRIBE" if target[0] else "SUBSCRIBE", target[1]):
+                return False
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                return await asyncio.shield(waiter)
+        except TimeoutError:
+            # Redis hangs: give the connection up too, so that no late confirmation can be
+            # taken for a later one; the reader reconnects.
+            reason = f"no confirmation of SUBSCRIBE within {self.command_timeout:g} s"
+            if self._conn is conn:
+                self._went_down(redis.exceptions.TimeoutError(reason))
+                self._ready = False
+                await conn.disconnect(nowait=True)
+            raise Unavailable(f"redis is unavailable: {reason}") from None
+
+    async def _set_baseline(self, topic: str) -> None:
+        """Start a newly subscribed topic's baseline at its position, as ``position`` says."""
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                [(epoch, offset)] = await self._positions([topic])
+        except Exception as exc:
+            # The first message, or the resynchronisation after a reconnect, sets it.
+            logger.debug("redis backend: no baseline for %s yet: %s", topic, self._describe(exc))
+            return
+        baseline = self._baselines.get(topic)
+        if topic in self._patterns and (
+            baseline is None or (baseline[0] == epoch and baseline[1] < offset)
+        ):
+            self._baselines[topic] = (epoch, offset)
+
+    async def unsubscribe(self, pattern: str) -> None:
+        target = self._remove(pattern)
+        conn = self._conn
+        if target is not None and self._ready and conn is not None:
+            # No need to wait for the confirmation: the registry already filters the topic out.
+            await self._send(conn, "PUNSUBSCRIBE" if target[0] else "UNSUBSCRIBE", target[1])
+
+    def _remove(self, pattern: str) -> _Target | None:
+        """Forget a pattern locally; return its Redis subscription if nothing else needs it."""
+        if pattern not in self._patterns:
+            return None
+        self._patterns.remove(pattern, None)
+        self._forget_baselines(pattern)
+        target = self._target(pattern)
+        users = self._targets.get(target, set())
+        users.discard(pattern)
+        if users:
+            return None
+        self._targets.pop(target, None)
+        self._confirmations.pop(target, None)
+        return target
+
+    def _forget_baselines(self, pattern: str) -> None:
+        """Drop the baselines that no subscribed pattern needs any more (bounded memory)."""
+        if is_pattern(pattern):
+            candidates = [topic for topic in self._baselines if matches(pattern, topic)]
+        else:
+            candidates = [pattern]
+        for topic in candidates:
+            if next(self._patterns.match(topic), None) is None:
+                self._baselines.pop(topic, None)
+
+    async def _send(self, conn: _Connection, *args: bytes | str) -> bool:
+        """Send a command on the pub/sub connection; False if it is lost (the reader sees it)."""
+        if not conn.is_connected:
+            return False
+        try:
+            async with self._send_lock, asyncio.timeout(self.command_timeout):
+                await conn.send_command(*args, check_health=False)
+        except _CONNECTION_ERRORS as exc:
+            # redis-py dropped the connection: the reader's next read fails and reconnects.
+            logger.debug("redis backend: sending %s failed: %s", args[0], self._describe(exc))
+            return False
+        return True
+
+    def _lose_confirmations(self) -> None:
+        for waiter in self._confirmations.values():
+            if not waiter.done():
+                waiter.set_result(False)
+        self._confirmations.clear()
+
+    # --- the reader ---------------------------------------------------------------------------
+
+    async def _run(self, conn: _Connection, queued: list[Any]) -> None:
+        """Read the pub/sub connection until close(); after a failure, reconnect and resync."""
+        while True:
+            try:
+                for response in queued:
+                    self._dispatch(response)
+                await self._read(conn)
+            except _CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+            except Exception:
+                logger.exception("redis backend: the pub/sub reader failed; restarting it")
+            self._ready = False
+            self._lose_confirmations()
+            await conn.disconnect(nowait=True)
+            conn, queued = await self._reconnect()
+
+    def _reader_done(self, reader: asyncio.Task[None]) -> None:
+        if not reader.cancelled() and reader.exception() is not None:
+            self._state = "down"  # nothing reads publications any more: say so loudly
+            logger.critical("redis backend: the pub/sub reader died", exc_info=reader.exception())
+
+    async def _read(self, conn: _Connection) -> None:
+        pinged = False
+        while True:
+            timeout = self.command_timeout if pinged else self.health_check_interval
+            response = await conn.read_response(timeout=timeout)
+            if response is None:  # nothing within the timeout
+                if pinged:
+                    raise redis.exceptions.TimeoutError(
+                        f"no answer to PING within {self.command_timeout:g} s"
+                    )
+                pinged = True
+                await self._send(conn, "PING")
+                continue
+            pinged = False
+            self._dispatch(response)
+
+    def _dispatch(self, response: Any) -> None:
+        kind = response[0]
+        if kind == b"message":
+            self._receive(response[1], response[2])
+        elif kind == b"pmessage":
+            self._receive(response[2], response[3])
+        elif kind == b"subscribe" or kind == b"psubscribe":
+            waiter = self._confirmations.pop((kind == b"psubscribe", response[1]), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(True)
+        # Unsubscribe confirmations and PING answers need nothing.
+
+    def _receive(self, channel: bytes, data: bytes) -> None:
+        try:
+            topic = channel[len(self._channel_head) :].decode()
+            if next(self._patterns.match(topic), None) is None:
+                return  # not subscribed (any more), or a glob wider than the pattern
+            offset_text, epoch_bytes, payload = data.split(b" ", 2)
+            offset = int(offset_text)
+            epoch = epoch_bytes.decode()
+        except ValueError:
+            logger.error("redis backend: dropped a malformed message on %r", channel)
+            return
+        baseline = self._baselines.get(topic)
+        if baseline is not None:
+            if baseline[0] == epoch:
+                if offset <= baseline[1]:
+                    return  # the same publication through another subscription
+                if offset != baseline[1] + 1:
+                    self._gap([topic], f"offsets {baseline[1] + 1} to {offset - 1} of {topic}")
+            else:
+                self._gap([topic], f"{topic} changed epoch from {baseline[0]} to {epoch}")
+        self._baselines[topic] = (epoch, offset)
+        try:
+            self.on_publication(Publication(topic, payload, offset, epoch))
+        except Exception:
+            logger.exception("redis backend: on_publication failed for %s #%d", topic, offset)
+
+    def _gap(self, topics: Sequence[str], reason: str, extra: Sequence[str] = ()) -> None:
+        patterns = dict.fromkeys(p for topic in topics for p, _ in self._patterns.match(topic))
+        patterns.update(dict.fromkeys(extra))
+        if not patterns:
+            return
+        logger.warning(
+            "redis backend: publications missed (%s); subscribers of %s must recover",
+            reason,
+            ", ".join(patterns),
+        )
+        try:
+            self.on_gap(list(patterns))
+        except Exception:
+            logger.exception("redis backend: on_gap failed")
+
+    def _went_down(self, exc: BaseException) -> None:
+        if self._state != "up":
+            return
+        self._state = "down"
+        self._down_since = time.monotonic()
+        logger.warning(
+            "redis at %s is unavailable (%s): publish fails until it is back; reconnecting",
+            self.redacted_url,
+            self._describe(exc),
+        )
+
+    async def _reconnect(self) -> tuple[_Connection, list[Any]]:
+        """Connect again with backoff, then resubscribe and report what was missed."""
+        attempt = 0
+        while True:
+            await asyncio.sleep(_backoff(self.backoff_base, self.backoff_cap, attempt))
+            attempt += 1
+            try:
+                async with asyncio.timeout(self.connect_timeout + 2 * self.command_timeout):
+                    self._conn, confirmed, queued = await self._open()
+                    missed = await self._resync()
+                    # Subscribe what was added meanwhile, then be up without yielding.
+                    queued += await self._subscribe_all(self._conn, confirmed)
+            except _CONNECTION_ERRORS as exc:
+                self._went_down(exc)
+                logger.debug("redis backend: reconnecting failed: %s", self._describe(exc))
+                await self._drop_conn()
+                continue
+            except Exception:
+                logger.exception("redis backend: resynchronising after a reconnect failed")
+                await self._drop_conn()
+                continue
+            if self._state == "down":
+                logger.info(
+                    "redis at %s is available again after %.1f s",
+                    self.redacted_url,
+                    time.monotonic() - self._down_since,
+                )
+            if self._state != "closed":
+                self._state = "up"
+            self._ready = True
+            missed_topics, wildcards = missed
+            self._gap(missed_topics, "the pub/sub connection was lost", wildcards)
+            return self._conn, queued
+
+    async def _drop_conn(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+    async def _resync(self) -> tuple[list[str], list[str]]:
+        """Compare baselines with positions after a reconnect; return the topics that moved,
+        and the wildcard patterns (which may have missed topics they never saw)."""
+        await self._load_scripts()  # a restarted Redis lost them
+        topics = list(self._baselines)
+        topics += [p for p in self._patterns.patterns() if p not in self._baselines]
+        topics = [t for t in topics if not is_pattern(t)]
+        positions = await self._positions(topics)
+        moved = []
+        for topic, position in zip(topics, positions, strict=True):
+            if next(self._patterns.match(topic), None) is None:
+                self._baselines.pop(topic, None)
+                continue
+            baseline = self._baselines.get(topic)
+            if baseline is not None and baseline != position:
+                moved.append(topic)
+            self._baselines[topic] = position
+        return moved, [p for p in self._patterns.patterns() if is_pattern(p)]
+
+    async def _open(self) -> tuple[_Connection, set[_Target], list[Any]]:
+        """A new pub/sub connection subscribed to every target, the targets it is subscribed
+        to, and the messages that arrived while it waited for the confirmations."""
+        assert self._pool is not None
+        pool = self._pool
+        conn = cast(_Connection, pool.connection_class(**pool.connection_kwargs))
+        confirmed: set[_Target] = set()
+        try:
+            await conn.connect()
+            queued = await self._subscribe_all(conn, confirmed)
+        except BaseException:
+            await conn.disconnect(nowait=True)
+            raise
+        return conn, confirmed, queued
+
+    async def _subscribe_all(self, conn: _Connection, confirmed: set[_Target]) -> list[Any]:
+        """Subscribe ``conn`` to every target not in ``confirmed`` (updated), and unsubscribe it
+        from those no longer needed; return the messages read meanwhile."""
+        queued: list[Any] = []
+        while missing := [target for target in self._targets if target not in confirmed]:
+            for glob, command in ((False, "SUBSCRIBE"), (True, "PSUBSCRIBE")):
+                names = [name for is_glob, name in missing if is_glob == glob]
+                for start in range(0, len(names), _BATCH):
+                    await conn.send_command(command, *names[start : start + _BATCH])
+            expected = set(missing)
+            while expected:
+                response = await conn.read_response(timeout=self.command_timeout)
+                if response is None:
+                    raise redis.exceptions.TimeoutError(
+                        f"no confirmation of SUBSCRIBE within {self.command_timeout:g} s"
+                    )
+                kind = response[0]
+                if kind == b"subscribe" or kind == b"psubscribe":
+                    target = (kind == b"psubscribe", response[1])
+                    expected.discard(target)
+                    confirmed.add(target)
+                else:
+                    queued.append(response)
+        for glob, command in ((False, "UNSUBSCRIBE"), (True, "PUNSUBSCRIBE")):
+            stale = [n for is_glob, n in confirmed - self._targets.keys() if is_glob == glob]
+            if stale:
+                await conn.send_command(command, *stale)
+        confirmed.intersection_update(self._targets)
+        return queued
