@@ -499,8 +499,9 @@ class RedisBackend(Backend):
                 await self._read(conn)
             except _CONNECTION_ERRORS as exc:
                 self._went_down(exc)
-            except Exception:
+            except Exception as exc:
                 logger.exception("redis backend: the pub/sub reader failed; restarting it")
+                self._went_down(exc)  # e.g. an ACL refusal: not serving is not "up"
             self._ready = False
             self._lose_confirmations()
             await conn.disconnect(nowait=True)
@@ -608,8 +609,11 @@ class RedisBackend(Backend):
                 logger.debug("redis backend: reconnecting failed: %s", self._describe(exc))
                 await self._drop_conn()
                 continue
-            except Exception:
-                logger.exception("redis backend: resynchronising after a reconnect failed")
+            except Exception as exc:
+                # Logged with its traceback once per outage, not once per attempt.
+                log = logger.error if self._state == "up" else logger.debug
+                log("redis backend: resynchronising after a reconnect failed", exc_info=True)
+                self._went_down(exc)
                 await self._drop_conn()
                 continue
             if self._state == "down":

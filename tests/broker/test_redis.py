@@ -8,6 +8,7 @@ of their own (``redis_prefix``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -419,3 +420,26 @@ async def test_close_stops_the_reader(redis_url: str, redis_prefix: str, make: M
         await backend.publish("a", b"")
     with pytest.raises(UsageError):
         await backend.start()
+
+
+async def test_a_refused_subscription_is_not_reported_as_up(
+    redis_server: RedisServer, make: Make, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An ACL that refuses PSUBSCRIBE (a misconfiguration, not an outage) must not leave the
+    node looking healthy while it serves nothing; the traceback is logged once, not per retry."""
+    with redis_server.client() as admin:
+        admin.execute_command(
+            "ACL", "SETUSER", "limited", "on", f">{PASSWORD}", "~*", "&hub:t:room", "+@all"
+        )
+    url = f"redis://limited:{PASSWORD}@127.0.0.1:{redis_server.port}/0"
+    backend, _ = make(url, backoff_base=0.01, backoff_cap=0.02, command_timeout=0.5)
+    await backend.start()
+    await backend.subscribe("room")  # allowed
+    with contextlib.suppress(Unavailable):  # kept, and retried after each reconnect
+        await backend.subscribe("chat.*")
+    await eventually(lambda: backend.state == "down")
+    assert not backend.healthy
+    with pytest.raises(Unavailable):
+        await backend.publish("room", b"x")
+    tracebacks = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
+    assert 1 <= len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]
