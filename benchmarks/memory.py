@@ -1,4 +1,6 @@
-"""Memory per idle connection: hub's WebSocket server against a ``websockets`` echo server.
+"""Memory per idle connection: hub's WebSocket server against a ``websockets`` echo server
+(``--mode echo``, the default), and hub-server against a naive ``websockets`` hub, with every
+connection a live subscriber (``--mode hub``).
 
 For each server and compression setting, a fresh server process is started (``python -m
 hub.protocol``, ``benchmarks/peers/websockets_echo.py``), warmed up with a few connections that
@@ -16,6 +18,16 @@ Every client offers permessage-deflate, as browsers do, and checks the answer: a
 must decline it, a ``deflate`` server must accept it. hub's command line is read at run time
 (``python -m hub.protocol --help``) to find how to switch compression; when hub's server does not
 negotiate permessage-deflate, its ``deflate`` row says so instead of a number.
+
+``--mode hub`` does the same for ``hub-server`` (default settings) and the naive hub of the
+fan-out benchmark (``benchmarks/peers/naive_hub.py``), with N connections (5,000 by default) that
+each speak ``hub.v1.json``: read the ``welcome``, subscribe (half of them to one shared topic
+``room``, the other half each to its own ``user.<i>``, so that both a larger subscriber set and a
+topic of its own are counted) and wait for the ``ok``. One extra connection then publishes once to
+``room``, every subscriber of ``room`` must receive exactly that ``msg`` (and the others nothing),
+and the publisher leaves before the RSS is read. The clients offer permessage-deflate or not; the
+naive hub declines it (it runs with ``compression=None``), so with the offer it is measured a
+second time with its ``--compression deflate``.
 
 The client uses the standard library only and reuses the frame helpers and the server runner of
 ``echo.py``. Run ``python benchmarks/memory.py --help``; see benchmarks/README.md.
@@ -35,11 +47,11 @@ import statistics
 import subprocess
 import sys
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 from echo import (
     HOST,
@@ -51,6 +63,7 @@ from echo import (
     OP_TEXT,
     PEER_SCRIPT,
     REPO_ROOT,
+    TROUBLE_WORDS,
     BenchmarkError,
     ProtocolError,
     Server,
@@ -59,6 +72,8 @@ from echo import (
     environment,
     handshake_request,
 )
+from fanout import NAIVE_SCRIPT, SUBPROTOCOL, fill_template, source_version
+from fanout import handshake_request as hub_handshake_request
 
 OURS = "hub"
 PEER = "websockets"
@@ -74,6 +89,21 @@ SPARE_FILES = 256
 
 
 # --- the idle client -----------------------------------------------------------------------
+
+
+def response_headers(head: bytes, accept: str) -> dict[str, str]:
+    """The headers of a handshake response (names lowercased), if it accepts the upgrade."""
+    status, *lines = head.decode("latin-1").split("\r\n")
+    if not status.startswith("HTTP/1.1 101"):
+        raise ProtocolError(f"upgrade refused: {status!r}")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("sec-websocket-accept") != accept:
+        raise ProtocolError("wrong or missing Sec-WebSocket-Accept")
+    return headers
 
 
 def extension_params(header: str) -> dict[str, str | None] | None:
@@ -159,16 +189,7 @@ class IdleClient(asyncio.Protocol):
             if len(self._head) > MAX_HANDSHAKE_RESPONSE:
                 raise ProtocolError("handshake response too long")
             return
-        status, *lines = bytes(self._head[:end]).decode("latin-1").split("\r\n")
-        if not status.startswith("HTTP/1.1 101"):
-            raise ProtocolError(f"upgrade refused: {status!r}")
-        headers: dict[str, str] = {}
-        for line in lines:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if headers.get("sec-websocket-accept") != self._accept:
-            raise ProtocolError("wrong or missing Sec-WebSocket-Accept")
+        headers = response_headers(bytes(self._head[:end]), self._accept)
         self.deflate = extension_params(headers.get("sec-websocket-extensions", ""))
         self._open = True
         self._buffer += self._head[end + 4 :]
@@ -397,11 +418,17 @@ class NotNegotiated(BenchmarkError):
     """The server's permessage-deflate answer does not match its compression setting."""
 
 
-async def close_clients(clients: Sequence[IdleClient], grace: float) -> None:
+class Closable(Protocol):
+    async def close(self, grace: float) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+async def close_clients(clients: Sequence[Closable], grace: float) -> None:
     await asyncio.gather(*(client.close(grace) for client in clients))
 
 
-def abort_all(clients: Sequence[IdleClient]) -> None:
+def abort_all(clients: Sequence[Closable]) -> None:
     for client in clients:
         client.abort()
 
@@ -512,6 +539,655 @@ def run_target(target: Target, opts: Options, repeat: int, startup_timeout: floa
     return result
 
 
+# --- hub mode: idle subscribed connections -------------------------------------------------
+
+# Half of the connections share one topic, the other half each have their own, so that both
+# kinds of registry entry are counted: one more subscriber in a large set, and a topic of its own.
+SHARED_TOPIC = "room"
+OWN_TOPIC = "user.{}"
+WARMUP_TOPIC = "warmup.{}"
+# The one publication (as the ``data`` string): 32 bytes or more, so hub compresses the msg.
+PUBLICATION = "memory benchmark: one publication to every subscriber of room"
+HUB_CMD = "{bin}/hub-server --host {host} --port {port}"
+NAIVE_CMD = "{python} " + shlex.quote(str(NAIVE_SCRIPT)) + " --host {host} --port {port}"
+HUB_MODE_CONNS = 5000
+HUB_MODE_TIMEOUT = 60.0
+# How often the delivery check looks at the subscribers, seconds.
+POLL = 0.01
+
+
+def topic_of(index: int, own: str) -> str:
+    """Even connections share SHARED_TOPIC; odd ones get ``own`` with their index."""
+    return SHARED_TOPIC if index % 2 == 0 else own.format(index)
+
+
+class HubClient(asyncio.Protocol):
+    """One connection to a hub, speaking the ``hub.v1.json`` subset of PROTOCOL.md.
+
+    It upgrades offering ``hub.v1.json`` (and permessage-deflate if ``offer_deflate``), reads the
+    ``welcome``, then sends requests one at a time with :meth:`request`, compressed when
+    permessage-deflate was negotiated (so that the server's decompressor is used, as a browser's
+    messages would). Every ``msg`` frame is kept in ``messages``. Pings are answered. An ``error``
+    frame, anything else unexpected, or the server closing the connection is recorded in
+    ``error``, and the futures then resolve to None.
+    """
+
+    def __init__(self, port: int, key: bytes, topic: str | None, offer_deflate: bool) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.topic = topic
+        self.welcome: asyncio.Future[dict[str, Any] | None] = self._loop.create_future()
+        self.closed: asyncio.Future[None] = self._loop.create_future()
+        self.error: str | None = None
+        self.extensions = ""  # the server's Sec-WebSocket-Extensions answer
+        self.deflate: dict[str, str | None] | None = None
+        self.sub_ok: dict[str, Any] | None = None
+        self.messages: list[dict[str, Any]] = []
+        request, self._accept = hub_handshake_request(port)
+        if offer_deflate:
+            # The request ends with the blank line: add the offer before it.
+            offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n\r\n".encode()
+            request = request[:-2] + offer
+        self._request = request
+        self._offer = offer_deflate
+        self._key = key
+        self._transport: asyncio.Transport | None = None
+        self._head = bytearray()
+        self._open = False
+        self._closing = False
+        self._buffer = bytearray()
+        self._fragments: list[bytes] = []
+        self._compressed = False
+        self._reply: asyncio.Future[dict[str, Any] | None] | None = None
+        self._reply_to: tuple[str, int] | None = None  # (op, id) of the request in flight
+        # When the server keeps its compression context, each message is inflated after all
+        # the earlier ones, from scratch: a few messages per connection, and no zlib state (32 KiB
+        # window) held per connection in this process.
+        self._inflate_input = b""
+        self._inflated = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            if self._open:
+                self._buffer += data
+                self._frames()
+            else:
+                self._handshake(data)
+        except ProtocolError as exc:
+            self._fail(str(exc))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closing and self.error is None:
+            self.error = f"connection lost: {exc or 'closed by the server'}"
+        if not self.closed.done():
+            self.closed.set_result(None)
+        for future in (self.welcome, self._reply):
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    async def request(self, frame: dict[str, Any]) -> dict[str, Any]:
+        """Send ``frame`` (which has an ``op`` and an ``id``) and return the ``ok`` for it."""
+        if self._reply is not None and not self._reply.done():
+            raise RuntimeError("one request at a time")
+        self._reply = self._loop.create_future()
+        self._reply_to = (frame["op"], frame["id"])
+        self._send(json.dumps(frame, separators=(",", ":")).encode())
+        reply = await self._reply
+        if reply is None:
+            raise ProtocolError(self.error or "no reply")
+        return reply
+
+    async def close(self, grace: float) -> None:
+        """Closing handshake; wait for the server to close TCP, abort after ``grace`` seconds."""
+        if self._transport is None or self.closed.done():
+            return
+        self._closing = True
+        self._transport.write(close_frame(self._key))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), grace)
+        except TimeoutError:
+            self._transport.abort()
+
+    def abort(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _handshake(self, data: bytes) -> None:
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
+                raise ProtocolError("handshake response too long")
+            return
+        headers = response_headers(bytes(self._head[:end]), self._accept)
+        protocol = headers.get("sec-websocket-protocol")
+        if protocol != SUBPROTOCOL:
+            raise ProtocolError(f"the server chose subprotocol {protocol!r}, not {SUBPROTOCOL}")
+        self.extensions = headers.get("sec-websocket-extensions", "")
+        self.deflate = extension_params(self.extensions)
+        if self.extensions and (not self._offer or self.deflate is None):
+            raise ProtocolError(f"an extension that was not offered: {self.extensions!r}")
+        self._open = True
+        self._buffer += self._head[end + 4 :]
+        self._head.clear()
+        self._frames()
+
+    def _send(self, text: bytes) -> None:
+        assert self._transport is not None
+        if self.deflate is None:
+            self._transport.write(client_frame(OP_TEXT, text, self._key))
+            return
+        # A fresh compressor: its output refers to nothing sent before, so it is valid whatever
+        # the server remembers. zlib cannot compress with an 8-bit window; a message this short
+        # has no distance beyond 256 bytes anyway.
+        bits = int(self.deflate.get("client_max_window_bits") or 15)
+        compressor = zlib.compressobj(wbits=-max(bits, 9))
+        data = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        if not data.endswith(SYNC_TAIL):
+            raise ProtocolError("zlib did not end the message with a sync flush")
+        frame = client_frame(OP_TEXT, data[: -len(SYNC_TAIL)], self._key)
+        self._transport.write(bytes((frame[0] | 0x40,)) + frame[1:])  # RSV1: compressed
+
+    def _frames(self) -> None:
+        buffer = self._buffer
+        while len(buffer) >= 2:
+            first, second = buffer[0], buffer[1]
+            if second & 0x80:
+                raise ProtocolError("the server masked a frame")
+            length, start = second & 0x7F, 2
+            if length >= 126:
+                start = 4 if length == 126 else 10
+                if len(buffer) < start:
+                    return
+                length = int.from_bytes(buffer[2:start], "big")
+            if len(buffer) < start + length:
+                return
+            payload = bytes(buffer[start : start + length])
+            del buffer[: start + length]
+            self._frame(first, payload)
+
+    def _frame(self, first: int, payload: bytes) -> None:
+        opcode, fin, rsv = first & 0x0F, bool(first & 0x80), first & 0x70
+        assert self._transport is not None
+        if opcode == OP_PING:
+            self._transport.write(client_frame(OP_PONG, payload, self._key))
+            return
+        if opcode == OP_PONG:
+            return
+        if opcode == OP_CLOSE:
+            if not self._closing:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                reason = payload[2:].decode(errors="replace")
+                raise ProtocolError(f"the server closed the connection ({code} {reason})")
+            return
+        if opcode == OP_TEXT:
+            if self._fragments:
+                raise ProtocolError("a new message before the last one ended")
+            if rsv & ~0x40 or (rsv and self.deflate is None):
+                raise ProtocolError("RSV bits set that no extension allows")
+            self._compressed = bool(rsv)
+        elif opcode != OP_CONT:
+            raise ProtocolError(f"unexpected opcode {opcode:#x}: {SUBPROTOCOL} is text frames")
+        elif not self._fragments or rsv:
+            raise ProtocolError("an unexpected continuation frame")
+        self._fragments.append(payload)
+        if not fin:
+            return
+        message = b"".join(self._fragments)
+        self._fragments.clear()
+        if self._compressed:
+            message = self._inflate(message)
+        self._message(message)
+
+    def _inflate(self, data: bytes) -> bytes:
+        assert self.deflate is not None
+        data += SYNC_TAIL
+        try:
+            if "server_no_context_takeover" in self.deflate:
+                return zlib.decompressobj(wbits=-15).decompress(data)
+            self._inflate_input += data
+            output = zlib.decompressobj(wbits=-15).decompress(self._inflate_input)
+        except zlib.error as exc:
+            raise ProtocolError(f"cannot decompress a message: {exc}") from None
+        message = output[self._inflated :]
+        self._inflated = len(output)
+        return message
+
+    def _message(self, payload: bytes) -> None:
+        try:
+            message = json.loads(payload)
+        except ValueError as exc:
+            raise ProtocolError(f"invalid JSON from the server: {exc}") from None
+        if not isinstance(message, dict):
+            raise ProtocolError(f"not a JSON object: {payload[:80]!r}")
+        op = message.get("op")
+        if not self.welcome.done():
+            if op != "welcome":
+                raise ProtocolError(f"the first frame is not a welcome: {payload[:80]!r}")
+            if message.get("version") != 1 or not isinstance(message.get("client"), str):
+                raise ProtocolError(f"a welcome without version 1 and a client: {message}")
+            self.welcome.set_result(message)
+            return
+        if op == "ok" and self._reply_to is not None and message.get("id") == self._reply_to[1]:
+            assert self._reply is not None
+            if self._reply.done():
+                raise ProtocolError(f"a second ok for id {self._reply_to[1]}")
+            if self._reply_to[0] == "sub":
+                self.sub_ok = message  # before any msg that follows in the same read
+            self._reply.set_result(message)
+            return
+        if op == "msg" and self.sub_ok is not None:
+            self.messages.append(message)
+            return
+        raise ProtocolError(f"unexpected frame: {payload[:200]!r}")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+
+@dataclass(frozen=True)
+class HubTarget:
+    """A hub server set up one way, and whether its clients offer permessage-deflate."""
+
+    server: str
+    setup: str  # the server's own permessage-deflate setting, for the table
+    offer: bool
+    command: str
+
+    @property
+    def label(self) -> str:
+        offer = "deflate" if self.offer else "none"
+        return f"{self.server}, server deflate {self.setup}, clients offer {offer}"
+
+
+@dataclass
+class HubMeasurement(Measurement):
+    """One run of one hub target, with what was negotiated and how long the steps took."""
+
+    extensions: str  # the server's Sec-WebSocket-Extensions answer, "" when declined
+    publish_seconds: float  # from sending the pub to the last room subscriber's msg
+
+
+@dataclass
+class HubResult:
+    target: HubTarget
+    runs: list[HubMeasurement] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def kib_per_conn(self) -> float | None:
+        return statistics.median(m.kib_per_conn for m in self.runs) if self.runs else None
+
+    def anon_kib_per_conn(self) -> float | None:
+        values = [m.anon_kib_per_conn for m in self.runs]
+        known = [value for value in values if value is not None]
+        return statistics.median(known) if known and len(known) == len(values) else None
+
+    def negotiated(self) -> str | None:
+        return self.runs[0].extensions if self.runs else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "server": self.target.server,
+            "server_deflate": self.target.setup,
+            "clients_offer_deflate": self.target.offer,
+            "command": self.target.command,
+            "negotiated": self.negotiated(),
+            "kib_per_conn": self.kib_per_conn(),
+            "anon_kib_per_conn": self.anon_kib_per_conn(),
+            "runs": [
+                {
+                    **asdict(m),
+                    "kib_per_conn": m.kib_per_conn,
+                    "anon_kib_per_conn": m.anon_kib_per_conn,
+                }
+                for m in self.runs
+            ],
+            "warnings": self.warnings,
+        }
+
+
+def hub_targets_for(compressions: Sequence[str]) -> list[HubTarget]:
+    """hub-server and the naive hub with default settings; with the deflate offer, the naive
+    hub a second time with its --compression deflate (websockets' default permessage-deflate)."""
+    hub = "on (default)"
+    naive = "off (default)"
+    targets: list[HubTarget] = []
+    for compression in compressions:
+        offer = compression == "deflate"
+        targets.append(HubTarget("hub", hub, offer, HUB_CMD))
+        targets.append(HubTarget("naive", naive, offer, NAIVE_CMD))
+    if "deflate" in compressions:
+        targets.append(
+            HubTarget(
+                "naive", "on (--compression deflate)", True, f"{NAIVE_CMD} --compression deflate"
+            )
+        )
+    return targets
+
+
+async def open_hub_clients(
+    server: Server, topics: Sequence[str | None], opts: Options, offer: bool
+) -> list[HubClient]:
+    """Connect one client per topic, BATCH at a time; each reads its welcome and, if it has a
+    topic, subscribes and waits for the ok. Within ``opts.timeout`` seconds, or BenchmarkError."""
+    loop = asyncio.get_running_loop()
+    clients: list[HubClient] = []
+    todo: Iterator[str | None] = iter(topics)
+
+    async def open_one(topic: str | None) -> None:
+        client = HubClient(server.port, os.urandom(4), topic, offer)
+        clients.append(client)
+        await loop.create_connection(lambda: client, HOST, server.port)
+        if await client.welcome is None:
+            raise ProtocolError(client.error or "closed before the welcome")
+        if topic is None:
+            return
+        ok = await client.request({"op": "sub", "topic": topic, "id": 1})
+        if not isinstance(ok.get("offset"), int) or not isinstance(ok.get("epoch"), str):
+            raise ProtocolError(f"a sub ok without offset and epoch: {ok}")
+
+    async def worker() -> None:
+        for topic in todo:
+            await open_one(topic)
+
+    try:
+        async with asyncio.timeout(opts.timeout), asyncio.TaskGroup() as group:
+            for _ in range(min(BATCH, len(topics))):
+                group.create_task(worker())
+    except (TimeoutError, ExceptionGroup) as exc:
+        abort_all(clients)
+        server.check_alive()
+        errors = exc.exceptions if isinstance(exc, ExceptionGroup) else (exc,)
+        raise BenchmarkError(
+            f"{server.name}: cannot open and subscribe {len(topics)} connections"
+            f" within {opts.timeout:g} s: {errors[0]!r}"
+        ) from exc
+    try:
+        check_hub_clients(server, clients)
+    except BenchmarkError:
+        abort_all(clients)
+        raise
+    return clients
+
+
+def check_hub_clients(server: Server, clients: Sequence[HubClient], published: bool = False) -> str:
+    """Check that no connection failed, that all negotiated the same extensions, and, after
+    ``published``, that each subscriber of SHARED_TOPIC has received it and nothing else, and
+    every other subscriber nothing. Return the extensions (the same for all)."""
+    errors = [f"connection {i}: {c.error}" for i, c in enumerate(clients) if c.error]
+    if errors:
+        server.check_alive()
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise BenchmarkError(f"{server.name}: {'; '.join(errors[:3])}{more}")
+    answers = {client.extensions for client in clients}
+    if len(answers) > 1:
+        raise BenchmarkError(f"{server.name}: different extensions negotiated: {sorted(answers)}")
+    for i, client in enumerate(clients):
+        if client.topic is None:
+            continue
+        if client.topic != SHARED_TOPIC or not published:
+            if client.messages:
+                raise BenchmarkError(
+                    f"{server.name}: connection {i} on {client.topic} got {client.messages[0]}"
+                )
+            continue
+        if len(client.messages) != 1:
+            raise BenchmarkError(
+                f"{server.name}: connection {i} on {SHARED_TOPIC} got"
+                f" {len(client.messages)} msg frames, not 1"
+            )
+        assert client.sub_ok is not None
+        expected = {
+            "op": "msg",
+            "topic": SHARED_TOPIC,
+            "sub": SHARED_TOPIC,
+            "data": PUBLICATION,
+            "offset": client.sub_ok["offset"] + 1,
+            "epoch": client.sub_ok["epoch"],
+        }
+        got = client.messages[0]
+        if {name: got.get(name) for name in expected} != expected:
+            raise BenchmarkError(f"{server.name}: connection {i} got {got}, expected {expected}")
+    return answers.pop() if answers else ""
+
+
+async def publish_and_check(
+    server: Server, clients: Sequence[HubClient], opts: Options, offer: bool
+) -> float:
+    """From one extra connection, publish PUBLICATION to SHARED_TOPIC, wait until every
+    subscriber of it has a msg, and close that connection. Return the seconds from the pub to
+    the last delivery."""
+    loop = asyncio.get_running_loop()
+    (publisher,) = await open_hub_clients(server, [None], opts, offer)
+    try:
+        start = loop.time()
+        request = {"op": "pub", "topic": SHARED_TOPIC, "data": PUBLICATION, "id": 1}
+        waiting = [c for c in clients if c.topic == SHARED_TOPIC]
+        try:
+            async with asyncio.timeout(opts.timeout):
+                ok = await publisher.request(request)
+                while waiting:
+                    await asyncio.sleep(POLL)
+                    waiting = [c for c in waiting if not c.messages and c.error is None]
+        except TimeoutError:
+            server.check_alive()
+            raise BenchmarkError(
+                f"{server.name}: {len(waiting)} subscribers of {SHARED_TOPIC} without the"
+                f" publication after {opts.timeout:g} s"
+            ) from None
+        except ProtocolError as exc:
+            server.check_alive()
+            raise BenchmarkError(f"{server.name}: publishing failed: {exc}") from exc
+        seconds = loop.time() - start
+        if not isinstance(ok.get("offset"), int):
+            raise BenchmarkError(f"{server.name}: a pub ok without offset: {ok}")
+        return seconds
+    finally:
+        await publisher.close(opts.timeout)
+
+
+async def subscribe_round(
+    server: Server, count: int, own: str, opts: Options, offer: bool
+) -> tuple[list[HubClient], float, float, str]:
+    """Open ``count`` subscribers (topic_of), publish once and check the deliveries. Return the
+    clients, the seconds to open them, the seconds to deliver, and the extensions negotiated."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    clients = await open_hub_clients(server, [topic_of(i, own) for i in range(count)], opts, offer)
+    open_seconds = loop.time() - start
+    try:
+        publish_seconds = await publish_and_check(server, clients, opts, offer)
+        extensions = check_hub_clients(server, clients, published=True)
+    except BaseException:
+        abort_all(clients)
+        raise
+    return clients, open_seconds, publish_seconds, extensions
+
+
+async def measure_hub(server: Server, opts: Options, offer: bool) -> HubMeasurement:
+    """Warm up with subscribers that come and go, read the RSS, open ``opts.conns`` live
+    subscribers, publish once, read the RSS again, close them."""
+    pid = server.process.pid
+    started = proc_status(pid)
+    if opts.warmup:
+        warm, *_ = await subscribe_round(server, opts.warmup, WARMUP_TOPIC, opts, offer)
+        await close_clients(warm, opts.timeout)
+    before = await settled_status(pid, opts.settle)
+
+    clients, open_seconds, publish_seconds, extensions = await subscribe_round(
+        server, opts.conns, OWN_TOPIC, opts, offer
+    )
+    try:
+        after = await settled_status(pid, opts.settle)
+        server.check_alive()
+        check_hub_clients(server, clients, published=True)  # still open, nothing more
+    finally:
+        await close_clients(clients, opts.timeout)
+    return HubMeasurement(
+        conns=opts.conns,
+        rss_started=started["VmRSS"],
+        rss_before=before["VmRSS"],
+        rss_after=after["VmRSS"],
+        anon_before=before.get("RssAnon"),
+        anon_after=after.get("RssAnon"),
+        open_seconds=open_seconds,
+        extensions=extensions,
+        publish_seconds=publish_seconds,
+    )
+
+
+def run_hub_target(
+    target: HubTarget, opts: Options, repeat: int, startup_timeout: float
+) -> HubResult:
+    result = HubResult(target)
+    for _ in range(repeat):
+        server = Server.start(target.server, fill_template(target.command), startup_timeout, None)
+        try:
+            measurement = asyncio.run(measure_hub(server, opts, target.offer))
+            text = server.log_tail()
+        finally:
+            server.stop()
+        if any(word in text.lower() for word in TROUBLE_WORDS):
+            result.warnings.append(f"the server's log may show trouble; its last lines:\n{text}")
+        result.runs.append(measurement)
+        log(
+            f"{target.label:<72} {measurement.kib_per_conn:5.1f} KiB per connection"
+            f" (opened in {measurement.open_seconds:.1f} s,"
+            f" published in {measurement.publish_seconds * 1000:.0f} ms)"
+        )
+    return result
+
+
+def render_hub_table(results: Sequence[HubResult], conns: int) -> str:
+    header = (
+        "server",
+        "server deflate",
+        "clients offer",
+        "negotiated",
+        "KiB/conn",
+        "anon KiB/conn",
+        "RSS baseline",
+        f"RSS +{conns} conns",
+    )
+    rows = [header]
+    for result in results:
+        value, anon = result.kib_per_conn(), result.anon_kib_per_conn()
+        run = result.runs[0] if result.runs else None
+        negotiated = result.negotiated()
+        rows.append(
+            (
+                result.target.server,
+                result.target.setup,
+                "deflate" if result.target.offer else "none",
+                "" if negotiated is None else "deflate" if negotiated else "none",
+                "n/a" if value is None else f"{value:.1f}",
+                "n/a" if anon is None else f"{anon:.1f}",
+                "" if run is None else f"{run.rss_before / 1024:.1f} MiB",
+                "" if run is None else f"{run.rss_after / 1024:.1f} MiB",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if i >= 4 else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+
+    def value_of(server: str, offer: bool, setup_on: bool) -> HubResult | None:
+        for result in results:
+            target = result.target
+            if (target.server, target.offer) == (server, offer) and (
+                target.setup.startswith("on") == setup_on
+            ):
+                return result
+        return None
+
+    def ratio(ours: HubResult | None, peer: HubResult | None, text: str) -> None:
+        a = ours.kib_per_conn() if ours else None
+        b = peer.kib_per_conn() if peer else None
+        if a is not None and b:
+            lines.append(f"{text}: {a / b:.2f}")
+
+    ratio(value_of("hub", False, True), value_of("naive", False, False), "hub / naive, no offer")
+    naive_declined = value_of("naive", True, False)
+    declined = naive_declined is not None and naive_declined.negotiated() == ""
+    ratio(
+        value_of("hub", True, True),
+        naive_declined,
+        "hub / naive, deflate offered" + (" (the naive hub declined it)" if declined else ""),
+    )
+    ratio(
+        value_of("hub", True, True),
+        value_of("naive", True, True),
+        "hub / naive --compression deflate, both compressing",
+    )
+    for result in results:
+        if result.negotiated():
+            lines.append(f"{result.target.label}: {result.negotiated()}")
+    return "\n".join(lines)
+
+
+def run_hub_mode(args: argparse.Namespace, opts: Options, compressions: Sequence[str]) -> int:
+    try:
+        raise_open_files_limit(opts.conns + SPARE_FILES)
+        targets = hub_targets_for(compressions)
+        log(f"{len(targets)} servers to measure with {opts.conns} idle subscribed connections each")
+        results = [run_hub_target(t, opts, args.repeat, args.startup_timeout) for t in targets]
+    except BenchmarkError as exc:
+        log(f"error: {exc}")
+        return 1
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    shared = (opts.conns + 1) // 2
+    if args.json:
+        report = {
+            "mode": "hub",
+            "environment": {**environment(), "source": source_version()},
+            "config": {
+                "conns": opts.conns,
+                "shared_topic": SHARED_TOPIC,
+                "shared_topic_subscribers": shared,
+                "own_topic": OWN_TOPIC,
+                "own_topic_subscribers": opts.conns - shared,
+                "warmup": opts.warmup,
+                "settle_s": opts.settle,
+                "repeat": args.repeat,
+                "deflate_offer": DEFLATE_OFFER,
+            },
+            "results": [result.to_json() for result in results],
+        }
+        print(json.dumps(report, indent=2))
+        return 0
+    env = environment()
+    print(
+        f"memory per idle subscribed connection: {opts.conns} connections per server"
+        f" ({shared} on {SHARED_TOPIC!r}, {opts.conns - shared} on their own"
+        f" {OWN_TOPIC.format('<i>')!r}), one publication to {SHARED_TOPIC!r} received,"
+        f" repeat {args.repeat}; Python {env['python']}, websockets {env['websockets']},"
+        f" source {source_version()}"
+    )
+    print(render_hub_table(results, opts.conns))
+    print(
+        "KiB/conn: (VmRSS with the idle subscribed connections - VmRSS after a warm-up)"
+        " / connections; anon: the same for RssAnon; RSS columns are from the first run"
+    )
+    for result in results:
+        for warning in result.warnings:
+            print(f"warning: {result.target.label}: {warning}")
+    return 0
+
+
 # --- command line --------------------------------------------------------------------------
 
 
@@ -521,22 +1197,36 @@ def log(text: str) -> None:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Memory per idle connection of hub's WebSocket server and websockets'."
+        description="Memory per idle connection. --mode echo (default): hub's WebSocket server"
+        " (python -m hub.protocol) against a websockets echo server. --mode hub: hub-server"
+        " against the naive websockets hub (benchmarks/peers/naive_hub.py), each connection"
+        f" subscribed (half to {SHARED_TOPIC!r}, half to its own {OWN_TOPIC.format('<i>')!r})"
+        f" and checked to receive one publication to {SHARED_TOPIC!r}.",
     )
     parser.add_argument(
-        "--conns", type=int, default=1000, help="idle connections per server (default 1000)"
+        "--mode",
+        choices=["echo", "hub"],
+        default="echo",
+        help="echo: bare WebSocket echo servers; hub: idle subscribed connections to hub-server"
+        " and the naive hub (default echo)",
+    )
+    parser.add_argument(
+        "--conns",
+        type=int,
+        help=f"idle connections per server (default 1000; {HUB_MODE_CONNS} with --mode hub)",
     )
     parser.add_argument(
         "--warmup",
         type=int,
         default=50,
-        help="connections opened and closed before the first reading (default 50)",
+        help="connections opened and closed before the first reading (hub mode: they subscribe"
+        " and receive one publication too; default 50)",
     )
     parser.add_argument(
         "--message-size",
         type=int,
         default=1024,
-        help="bytes of the one text message each connection echoes (default 1024)",
+        help="echo mode: bytes of the one text message each connection echoes (default 1024)",
     )
     parser.add_argument(
         "--settle",
@@ -554,13 +1244,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--compression",
         choices=[*COMPRESSIONS, "both"],
         default="both",
-        help="settings to measure (default both)",
+        help="echo mode: the servers' permessage-deflate settings to measure; hub mode: whether"
+        " the clients offer permessage-deflate (with deflate, the naive hub also runs with"
+        " --compression deflate); default both",
     )
     parser.add_argument(
         "--timeout",
         type=float,
-        default=20.0,
-        help="limit for opening or closing all connections, seconds (default 20)",
+        help="limit for each step (opening, publishing, closing all connections), seconds"
+        f" (default 20; {HUB_MODE_TIMEOUT:g} with --mode hub)",
     )
     parser.add_argument(
         "--startup-timeout",
@@ -572,6 +1264,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--json", action="store_true", help="print JSON on stdout instead of the table"
     )
     args = parser.parse_args(argv)
+    hub_mode = args.mode == "hub"
+    if args.conns is None:
+        args.conns = HUB_MODE_CONNS if hub_mode else 1000
+    if args.timeout is None:
+        args.timeout = HUB_MODE_TIMEOUT if hub_mode else 20.0
+    if args.timeout <= 0:
+        parser.error("--timeout must be positive")
     if args.conns < 1 or args.repeat < 1 or args.warmup < 0 or args.message_size < 1:
         parser.error("--conns, --repeat and --message-size must be positive, --warmup not negative")
     if args.settle < 0:
@@ -629,6 +1328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(128 + signum)  # so that every server is stopped on the way out
 
     signal.signal(signal.SIGTERM, interrupted)
+    if args.mode == "hub":
+        return run_hub_mode(args, opts, compressions)
     try:
         raise_open_files_limit(args.conns + SPARE_FILES)
         targets = [

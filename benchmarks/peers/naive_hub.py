@@ -14,7 +14,9 @@ State is a dict topic -> set of connections. The ``msg`` is encoded once per pub
 fanned out with ``websockets.broadcast()``, which writes it to every connection at once with no
 backpressure and no per-connection queue. Anything else gets an ``error`` frame. Apart from
 ``compression=None`` and the ping interval (set to match the hub-server command of the
-benchmark), the server keeps the library's defaults.
+benchmark), the server keeps the library's defaults. ``--compression deflate`` turns on the
+library's own default permessage-deflate instead (``benchmarks/memory.py --mode hub`` measures
+both); ``none`` stays the default.
 
 Run: ``python benchmarks/peers/naive_hub.py --port 8765``. SIGTERM or SIGINT closes it.
 """
@@ -131,14 +133,16 @@ def select_subprotocol(
     raise NegotiationError(f"unsupported subprotocols {list(offered)}; use {SUBPROTOCOL}")
 
 
-async def run(host: str, port: int, ping_interval: float | None) -> None:
+async def run(
+    host: str, port: int, ping_interval: float | None, compression: str | None = None
+) -> None:
     async with serve(
         session,
         host,
         port,
         subprotocols=[SUBPROTOCOL],
         select_subprotocol=select_subprotocol,
-        compression=None,
+        compression=compression,
         ping_interval=ping_interval,
     ) as server:
         loop = asyncio.get_running_loop()
@@ -157,8 +161,15 @@ def main() -> None:
         default=20.0,
         help="seconds between keepalive pings; 0 for none (default 20, the library's)",
     )
+    parser.add_argument(
+        "--compression",
+        choices=["none", "deflate"],
+        default="none",
+        help="permessage-deflate: none (default) or deflate, the library's default settings",
+    )
     args = parser.parse_args()
-    asyncio.run(run(args.host, args.port, args.ping_interval or None))
+    compression = None if args.compression == "none" else args.compression
+    asyncio.run(run(args.host, args.port, args.ping_interval or None, compression))
 
 
 if __name__ == "__main__":
