@@ -394,7 +394,7 @@ class PreparedMessage:
     A hub's fan-out sends one publication to thousands of subscribers: preparing it turns the
     per-subscriber work (UTF-8 encoding, framing and, with permessage-deflate, compression)
     into a dictionary lookup. Frames are cached per compression key (see
-    ``PerMessageDeflate.shareable``); a connection whose compressor keeps its context gets its
+    ``PerMessageDeflate.shareable_key``); a connection whose compressor keeps its context gets its
     own compressed frame, since those bytes depend on what it sent before.
     """
 

@@ -107,7 +107,11 @@ class PerMessageDeflate:
         self._compressor: zlib._Compress | None = None
         self._decompressor: zlib._Decompress | None = None
         self._inflated = 0  # bytes inflated so far in the message being received
-        #: See :attr:`shareable`; fixed at negotiation, and read once per prepared delivery.
+        #: A key under which this codec compresses a whole message to the same bytes as any
+        #: other codec with the same key, or None if its output depends on its history. Without
+        #: context takeover, a fresh compressor's output depends only on the level, the memory
+        #: level and the window: a broker compresses a publication once per key and sends the
+        #: bytes to every connection that shares it.
         self.shareable_key: tuple[int, int, int] | None = (
             (config.level, config.mem_level, local_max_window_bits)
             if local_no_context_takeover
@@ -171,17 +175,6 @@ class PerMessageDeflate:
 
     def should_compress(self, size: int) -> bool:
         return size >= self.config.min_size
-
-    @property
-    def shareable(self) -> tuple[int, int, int] | None:
-        """A key under which this codec compresses a whole message to the same bytes as any
-        other codec with the same key, or None if its output depends on its history.
-
-        Without context takeover, a message is compressed by a fresh compressor whose output
-        depends only on the level, the memory level and the window: a broker can compress a
-        publication once per key and send the bytes to every connection that shares it.
-        """
-        return self.shareable_key
 
     def compress(self, data: bytes, *, final: bool) -> bytes:
         """Deflate one frame's worth of a message (section 7.2.1)."""
