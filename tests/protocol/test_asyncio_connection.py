@@ -693,6 +693,29 @@ async def test_max_queue_makes_the_server_stop_reading(
         assert server_ws.transport.is_reading()
 
 
+async def server_with_paused_reading(
+    start_server: StartServer, client: Connect
+) -> tuple[WebSocketServer, WebSocketClientProtocol, WebSocketServerProtocol]:
+    """A server whose handler never reads (max_queue=2), a client, and the server's side."""
+    capture = Capture()
+    server = await start_server(capture.handler, max_queue=2, close_timeout=1.0)
+    ws = await client(uri_of(server), ping_interval=None)
+    return server, ws, await capture.next()
+
+
+async def fill_until_reading_pauses(
+    ws: WebSocketClientProtocol, server_ws: WebSocketServerProtocol
+) -> None:
+    """One write, one read on the server: the ping is answered, then three messages fill the
+    queue (max_queue=2) and reading pauses. The pong tells us the server got there."""
+    pong = await ws.ping(b"sync")
+    for i in range(3):
+        await ws.send(f"unread {i}")
+    await pong
+    assert server_ws.transport is not None
+    assert not server_ws.transport.is_reading(), "precondition: reading is paused"
+
+
 async def test_close_completes_while_reading_is_paused(
     start_server: StartServer, client: Connect
 ) -> None:
@@ -702,20 +725,9 @@ async def test_close_completes_while_reading_is_paused(
     close frame; it can only see it if it reads. With reading paused by a full queue the closing
     handshake can only end by close_timeout, and is then reported as abnormal (1006).
     """
-    capture = Capture()
-    server = await start_server(capture.handler, max_queue=2, close_timeout=1.0)
-    ws = await client(uri_of(server), ping_interval=None)
-    server_ws = await capture.next()
-    assert server_ws.transport is not None
+    _server, ws, server_ws = await server_with_paused_reading(start_server, client)
     async with asyncio.timeout(WAIT):
-        # One write, one read on the server: the ping is answered, then three messages fill
-        # the queue (max_queue=2) and reading pauses. The pong tells us the server got there.
-        pong = await ws.ping(b"sync")
-        for i in range(3):
-            await ws.send(f"unread {i}")
-        await pong
-        assert not server_ws.transport.is_reading(), "precondition: reading is paused"
-
+        await fill_until_reading_pauses(ws, server_ws)
         loop = asyncio.get_running_loop()
         start = loop.time()
         await server_ws.close(1000, "done")
@@ -730,18 +742,9 @@ async def test_server_shutdown_with_a_handler_that_does_not_read(
     start_server: StartServer, client: Connect
 ) -> None:
     """server.close() says 1001 to every connection, including one whose queue is full."""
-    capture = Capture()
-    server = await start_server(capture.handler, max_queue=2, close_timeout=1.0)
-    ws = await client(uri_of(server), ping_interval=None)
-    server_ws = await capture.next()
-    assert server_ws.transport is not None
+    server, ws, server_ws = await server_with_paused_reading(start_server, client)
     async with asyncio.timeout(WAIT):
-        pong = await ws.ping(b"sync")
-        for i in range(3):
-            await ws.send(f"unread {i}")
-        await pong
-        assert not server_ws.transport.is_reading(), "precondition: reading is paused"
-
+        await fill_until_reading_pauses(ws, server_ws)
         loop = asyncio.get_running_loop()
         start = loop.time()
         server.close()

@@ -27,6 +27,7 @@ from hub.protocol.connection import (
 )
 from hub.protocol.frames import Close, Opcode, serialize_frame
 from hub.protocol.reader import Frame, FrameReader
+from tests.protocol.rawpeer import close_payload
 
 SIDES = [pytest.param(SERVER, id="server"), pytest.param(CLIENT, id="client")]
 
@@ -44,10 +45,6 @@ def conn(side: Side) -> Connection:
 def peer_frame(side: Side, opcode: int, payload: bytes = b"", *, fin: bool = True) -> bytes:
     """A frame as the peer of ``side`` sends it: a client peer masks, a server peer does not."""
     return serialize_frame(opcode, payload, fin=fin, mask=side is SERVER)
-
-
-def close_payload(code: int, reason: bytes = b"") -> bytes:
-    return code.to_bytes(2, "big") + reason
 
 
 def parse_sent(side: Side, chunks: list[bytes]) -> list[Frame]:

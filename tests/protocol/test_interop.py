@@ -419,6 +419,13 @@ class PeerOutcome:
             asyncio.get_running_loop().create_future()
         )
 
+    async def report(self, ws: websockets.asyncio.server.ServerConnection) -> None:
+        """Read until the hub client closes the connection; record how it ended."""
+        try:
+            await ws.recv()
+        except websockets.exceptions.ConnectionClosed as exc:
+            self.closed.set_result(exc)
+
     async def get(self) -> websockets.exceptions.ConnectionClosed | None:
         async with asyncio.timeout(WAIT):
             return await self.closed
@@ -515,14 +522,7 @@ async def test_hub_client_closes(
     websockets_server: Callable[..., Awaitable[str]], client: Connect
 ) -> None:
     outcome = PeerOutcome()
-
-    async def handler(ws: websockets.asyncio.server.ServerConnection) -> None:
-        try:
-            await ws.recv()
-        except websockets.exceptions.ConnectionClosed as exc:
-            outcome.closed.set_result(exc)
-
-    uri = await websockets_server(handler)
+    uri = await websockets_server(outcome.report)
     ws = await client(uri)
     async with asyncio.timeout(WAIT):
         await ws.close()
@@ -536,14 +536,7 @@ async def test_hub_client_closes_with_code_and_reason(
     websockets_server: Callable[..., Awaitable[str]], client: Connect
 ) -> None:
     outcome = PeerOutcome()
-
-    async def handler(ws: websockets.asyncio.server.ServerConnection) -> None:
-        try:
-            await ws.recv()
-        except websockets.exceptions.ConnectionClosed as exc:
-            outcome.closed.set_result(exc)
-
-    uri = await websockets_server(handler)
+    uri = await websockets_server(outcome.report)
     ws = await client(uri)
     async with asyncio.timeout(WAIT):
         await ws.close(4004, "from hub ☕")
@@ -604,10 +597,7 @@ async def test_hub_client_max_size_against_websockets_server(
 
     async def handler(ws: websockets.asyncio.server.ServerConnection) -> None:
         await ws.send(b"y" * 2048)
-        try:
-            await ws.recv()
-        except websockets.exceptions.ConnectionClosed as exc:
-            outcome.closed.set_result(exc)
+        await outcome.report(ws)
 
     uri = await websockets_server(handler)
     ws = await client(uri, max_size=1024)

@@ -24,7 +24,6 @@ Hangs are caught by pytest-timeout; the number of examples comes from the profil
 from __future__ import annotations
 
 import base64
-import hashlib
 import struct
 import time
 import zlib
@@ -46,9 +45,12 @@ from hub.protocol.permessage_deflate import DeflateConfig, PerMessageDeflate
 from hub.protocol.reader import Frame, FrameReader
 from tests.hypothesis_profiles import budget
 
+# The raw peer's wire helpers are RFC 6455 written out independently of hub, too.
+from tests.protocol.rawpeer import BINARY, CLOSE, CONT, PING, PONG, TEXT, mask
+from tests.protocol.rawpeer import accept_key as expected_accept
+
 # --- the model: RFC 6455 written out again, independently of hub ------------------------------
 
-CONT, TEXT, BINARY, CLOSE, PING, PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 KNOWN_OPCODES = (CONT, TEXT, BINARY, CLOSE, PING, PONG)
 #: Longest payload of a control frame (section 5.5), also the longest header is 2 + 8 + 4 bytes.
 CONTROL_MAX, HEADER_MAX = 125, 14
@@ -59,7 +61,6 @@ INVALID_CLOSE_CODES = [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5
 ERROR_CODES = {1002, 1007, 1009}
 #: The HTTP statuses a handshake may fail with: 4xx for a request, 502 for a bad response.
 REQUEST_STATUSES = {400, 403, 405, 414, 426, 431}
-GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
 MAX_SIZES = st.sampled_from([None, 0, 16, 125, 200, 1000, 2**20])
 SIDES = st.sampled_from([SERVER, CLIENT])
@@ -76,10 +77,6 @@ def utf8_ok(data: bytes, *, final: bool) -> bool:
     except UnicodeDecodeError as exc:
         return not final and exc.end == len(data) and exc.reason == "unexpected end of data"
     return True
-
-
-def mask(payload: bytes, key: bytes) -> bytes:
-    return bytes(byte ^ key[i % 4] for i, byte in enumerate(payload))
 
 
 @dataclass(frozen=True)
@@ -843,10 +840,6 @@ def check_head_split_invariance(data: bytes, cuts: Sequence[int], is_request: bo
     assert split.rest == whole.rest
     event(f"head: {whole.error.status if whole.error else 'ok' if whole.head else 'incomplete'}")
     return whole
-
-
-def expected_accept(key: str) -> str:
-    return base64.b64encode(hashlib.sha1(key.encode() + GUID).digest()).decode()
 
 
 def tokens(values: Sequence[str]) -> list[str]:

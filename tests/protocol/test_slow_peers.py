@@ -20,6 +20,7 @@ import logging
 import resource
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -107,6 +108,21 @@ def routed(bad: BadHandler) -> Callable[[WebSocketServerProtocol, str], Awaitabl
             await bad(ws)
 
     return handler
+
+
+async def serve_to_a_tight_pipe(
+    start_server: StartServer, client: Connect, bad: BadHandler, path: str, **options: Any
+) -> tuple[WebSocketServer, WebSocketClientProtocol, RawClient]:
+    """A server (small send buffers, ``write_limit=WRITE_LIMIT``) running ``bad`` for a raw
+    client with a small receive buffer on ``path``, and a witness client on ``/witness``."""
+    listener = small_buffer_socket(sndbuf=SOCKET_BUFFER)
+    listener.bind(("127.0.0.1", 0))
+    server = await start_server(routed(bad), sock=listener, write_limit=WRITE_LIMIT, **options)
+    witness = await client(uri_of(server, "/witness"), ping_interval=None)
+    raw = await RawClient.connect(
+        port_of(server), path, sock=small_buffer_socket(rcvbuf=SOCKET_BUFFER)
+    )
+    return server, witness, raw
 
 
 async def round_trip(ws: WebSocketClientProtocol, text: str) -> float:
@@ -244,20 +260,15 @@ async def test_peer_that_never_reads_is_closed_by_keepalive(
         else:
             ended.set_exception(AssertionError("send() on a closed connection did not raise"))
 
-    listener = small_buffer_socket(sndbuf=SOCKET_BUFFER)
-    listener.bind(("127.0.0.1", 0))
-    server = await start_server(
-        routed(flood),
-        sock=listener,
+    server, witness, raw = await serve_to_a_tight_pipe(
+        start_server,
+        client,
+        flood,
+        "/flood",
         create_protocol=RecordingServerProtocol,
-        write_limit=WRITE_LIMIT,
         ping_interval=ping_interval,
         ping_timeout=ping_timeout,
         close_timeout=close_timeout,
-    )
-    witness = await client(uri_of(server, "/witness"), ping_interval=None)
-    raw = await RawClient.connect(
-        port_of(server), "/flood", sock=small_buffer_socket(rcvbuf=SOCKET_BUFFER)
     )
     try:
         raw.pause_reading()
@@ -325,18 +336,13 @@ async def test_server_close_against_a_peer_that_never_answers(
         if blocked is not None:
             await blocked  # returns once the connection is lost
 
-    listener = small_buffer_socket(sndbuf=SOCKET_BUFFER)
-    listener.bind(("127.0.0.1", 0))
-    server = await start_server(
-        routed(close_and_time),
-        sock=listener,
-        write_limit=WRITE_LIMIT,
+    server, witness, raw = await serve_to_a_tight_pipe(
+        start_server,
+        client,
+        close_and_time,
+        "/bad",
         ping_interval=None,
         close_timeout=close_timeout,
-    )
-    witness = await client(uri_of(server, "/witness"), ping_interval=None)
-    raw = await RawClient.connect(
-        port_of(server), "/bad", sock=small_buffer_socket(rcvbuf=SOCKET_BUFFER)
     )
     try:
         if peer_reads:
