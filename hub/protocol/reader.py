@@ -47,6 +47,11 @@ class FrameReader:
         self._fragmented_opcode: int | None = None
         self._message_size = 0
         self._compressed = False  # whether the fragmented message has RSV1 (RFC 7692)
+        # First bytes of the fast path: a whole text or binary message (FIN set), with RSV1
+        # too when permessage-deflate allows it (RFC 7692 section 6.1: a compressed message).
+        self._whole_message_firsts = frozenset(
+            (0x81, 0x82, 0xC1, 0xC2) if allowed_rsv & RSV1 else (0x81, 0x82)
+        )
 
     @property
     def in_fragmented_message(self) -> bool:
@@ -81,6 +86,7 @@ class FrameReader:
         available = len(data)
         mask_expected = self.mask_expected
         max_size = self.max_size
+        whole_message_firsts = self._whole_message_firsts
         while available - position >= 2:
             first, second = data[position], data[position + 1]
             length = second & 0x7F
@@ -100,9 +106,10 @@ class FrameReader:
                 length = int.from_bytes(data[position + 2 : position + 10], "big")
                 if length >> 63:  # Section 5.2: the most significant bit MUST be 0.
                     raise ProtocolError("64-bit payload length with the high bit set")
-            # Fast path for the common frame: a whole text or binary message, no RSV bits.
+            # Fast path for the common frame: a whole text or binary message. It needs no
+            # fragmentation tracking; the next fragmented message goes the slow path first.
             simple = (
-                (first == 0x81 or first == 0x82)
+                first in whole_message_firsts
                 and masked is mask_expected
                 and self._fragmented_opcode is None
                 and (max_size is None or length <= max_size)
