@@ -28,6 +28,7 @@ from hub.protocol.extensions import ExtensionOffer, serialize_extension
 
 __all__ = [
     "CLIENT_DEFAULT",
+    "SERVER_DEFAULT",
     "Compression",
     "DeflateConfig",
     "OfferOutcome",
@@ -310,6 +311,8 @@ def client_offer(config: DeflateConfig) -> str:
 
 #: A client's default: let the server decide everything it may (RFC 7692 section 7.1).
 CLIENT_DEFAULT = DeflateConfig(server_no_context_takeover=False, client_max_window_bits=None)
+#: A server's default (the class's defaults), one shared instance: a config is only read.
+SERVER_DEFAULT = DeflateConfig()
 
 
 def client_accept(
@@ -356,5 +359,5 @@ def resolve_compression(compression: Compression, *, server: bool) -> DeflateCon
     if compression is None or isinstance(compression, DeflateConfig):
         return compression
     if compression == "deflate":
-        return DeflateConfig() if server else CLIENT_DEFAULT
+        return SERVER_DEFAULT if server else CLIENT_DEFAULT
     raise ValueError(f"compression must be 'deflate', a DeflateConfig or None, not {compression!r}")

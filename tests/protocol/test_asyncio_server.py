@@ -92,6 +92,11 @@ async def test_serve_is_awaitable_and_closes() -> None:
     assert await refused(port)
 
 
+def test_serve_refuses_an_unknown_compression_before_listening() -> None:
+    with pytest.raises(ValueError, match="compression must be"):
+        serve(echo, "127.0.0.1", 0, compression="gzip")  # type: ignore[arg-type]
+
+
 async def test_serve_as_async_context_manager() -> None:
     async with asyncio.timeout(WAIT):
         async with serve(echo, "127.0.0.1", 0) as server:

@@ -54,6 +54,7 @@ from hub.protocol.handshake import ClientHandshake, ServerHandshake
 from hub.protocol.http11 import HeadParser, Request, Response
 from hub.protocol.permessage_deflate import (
     CLIENT_DEFAULT,
+    SERVER_DEFAULT,
     DeflateConfig,
     OfferOutcome,
     PerMessageDeflate,
@@ -66,7 +67,6 @@ from hub.protocol.reader import RSV1, Frame, FrameReader
 from tests.hypothesis_profiles import budget
 
 PMD = "permessage-deflate"
-SERVER_DEFAULT = DeflateConfig()
 #: What a sync flush ends with; section 7.2.1 strips it, section 7.2.2 appends it back.
 TAIL = b"\x00\x00\xff\xff"
 RSV2, RSV3 = 0x20, 0x10
@@ -688,8 +688,9 @@ class TestClientOffer:
         assert "Sec-WebSocket-Extensions" not in request.headers
 
     def test_resolve_compression(self) -> None:
-        assert resolve_compression("deflate", server=True) == SERVER_DEFAULT
-        assert resolve_compression("deflate", server=False) == CLIENT_DEFAULT
+        assert resolve_compression("deflate", server=True) is SERVER_DEFAULT
+        assert DeflateConfig() == SERVER_DEFAULT  # the class's defaults, shared
+        assert resolve_compression("deflate", server=False) is CLIENT_DEFAULT
         assert resolve_compression(None, server=True) is None
         config = DeflateConfig(level=1)
         assert resolve_compression(config, server=False) is config

@@ -348,7 +348,8 @@ class serve:
             extra_headers=extra_headers,
             process_request=process_request,
             open_timeout=open_timeout,
-            compression=compression,
+            # Resolved once: a bad value fails here, not at each accepted connection.
+            compression=resolve_compression(compression, server=True),
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=close_timeout,
