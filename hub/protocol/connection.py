@@ -35,6 +35,9 @@ from hub.protocol.frames import serialize_frame as _serialize
 from hub.protocol.permessage_deflate import PerMessageDeflate
 from hub.protocol.reader import RSV1, Frame, FrameReader
 
+#: The protocol layer logs handler errors at ERROR, failed handshakes at INFO, frames at DEBUG.
+protocol_logger = logging.getLogger("hub.protocol")
+
 __all__ = [
     "CLIENT",
     "CLOSED",
@@ -122,7 +125,7 @@ class Connection:
     ) -> None:
         self.side = side
         self.state = OPEN
-        self.logger = logger or logging.getLogger("hub.protocol")
+        self.logger = logger or protocol_logger
         # Checked once: formatting every frame for a disabled DEBUG log would cost more than it.
         self.debug = self.logger.isEnabledFor(logging.DEBUG)
         self._mask = side is CLIENT

@@ -27,6 +27,7 @@ from hub.exceptions import (
     InvalidVersion,
     NegotiationError,
 )
+from hub.protocol.connection import protocol_logger
 from hub.protocol.extensions import parse_extensions
 from hub.protocol.http11 import Headers, HeadersLike, Request, Response, header_tokens
 from hub.protocol.permessage_deflate import (
@@ -46,7 +47,6 @@ __all__ = [
     "generate_key",
     "http_response",
     "reject",
-    "status_phrase",
 ]
 
 # Section 1.3: the GUID concatenated to the key before hashing.
@@ -83,10 +83,10 @@ def http_response(status: int, headers: HeadersLike, body: bytes) -> Response:
         response_headers["Content-Length"] = str(len(body))
     if "Connection" not in response_headers:
         response_headers["Connection"] = "close"
-    return Response(status, status_phrase(status), response_headers, body)
+    return Response(status, _status_phrase(status), response_headers, body)
 
 
-def status_phrase(status: int) -> str:
+def _status_phrase(status: int) -> str:
     """The standard reason phrase for an HTTP status ("Error" for unknown ones)."""
     try:
         return HTTPStatus(status).phrase
@@ -182,7 +182,7 @@ class ServerHandshake:
         outcome = accept_offer(offers, self.compression)
         # RFC 7692 section 5: an offer we cannot accept is declined and the connection goes on
         # uncompressed; say why, for whoever wonders where compression went.
-        logger = self.logger or logging.getLogger("hub.protocol")
+        logger = self.logger or protocol_logger
         for reason in outcome.declined:
             logger.info("permessage-deflate offer declined: %s", reason)
         return outcome.header, outcome.codec
@@ -214,7 +214,7 @@ class Accepted(NamedTuple):
 
     response: Response
     subprotocol: str | None
-    deflate: PerMessageDeflate | None = None
+    deflate: PerMessageDeflate | None
 
 
 @dataclass

@@ -11,8 +11,8 @@ from types import TracebackType
 from typing import Any, cast
 
 from hub.exceptions import HandshakeError, HandshakeTimeout, InvalidRequest, InvalidResponse
-from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol, protocol_logger
-from hub.protocol.connection import CLIENT, Connection
+from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol
+from hub.protocol.connection import CLIENT, Connection, protocol_logger
 from hub.protocol.handshake import ClientHandshake
 from hub.protocol.http11 import HeadersLike, HeadParser, Response
 from hub.protocol.permessage_deflate import Compression, resolve_compression

@@ -33,6 +33,7 @@ from hub.protocol.connection import (
     PreparedMessage,
     Side,
     State,
+    protocol_logger,
 )
 from hub.protocol.http11 import Headers
 
@@ -40,9 +41,6 @@ __all__ = ["Data", "LoggerLike", "WebSocketCommonProtocol"]
 
 Data = str | bytes
 LoggerLike = logging.Logger | logging.LoggerAdapter[logging.Logger]
-
-#: The protocol layer logs handler errors at ERROR, failed handshakes at INFO, frames at DEBUG.
-protocol_logger = logging.getLogger("hub.protocol")
 
 
 class _TurnWriter:

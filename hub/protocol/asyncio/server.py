@@ -12,8 +12,8 @@ from types import TracebackType
 from typing import Any, cast
 
 from hub.exceptions import ConnectionClosed, HandshakeError, InvalidVersion
-from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol, protocol_logger
-from hub.protocol.connection import SERVER, Connection
+from hub.protocol.asyncio.connection import LoggerLike, WebSocketCommonProtocol
+from hub.protocol.connection import SERVER, Connection, protocol_logger
 from hub.protocol.handshake import SelectSubprotocol, ServerHandshake, http_response, reject
 from hub.protocol.http11 import Headers, HeadersLike, HeadParser, Request, Response
 from hub.protocol.permessage_deflate import Compression, resolve_compression
