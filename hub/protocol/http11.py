@@ -202,12 +202,9 @@ class HeadParser:
         return self._parse_response(first, headers)
 
     def _parse_headers(self, lines: list[bytes]) -> Headers:
-        if len(lines) > MAX_HEADERS:
-            raise self._error("too many headers", 431)
+        # feed() already bounded the number of lines and the length of each (431, 414).
         headers = Headers()
         for line in lines:
-            if len(line) > MAX_LINE_LENGTH:
-                raise self._error("line too long", 431)
             name, colon, value = line.partition(b":")
             # RFC 9112 section 5.1-5.2: no whitespace before the colon, no obsolete line folding.
             if not colon or not _TOKEN.fullmatch(name):
@@ -219,8 +216,6 @@ class HeadParser:
         return headers
 
     def _parse_request(self, line: bytes, headers: Headers) -> Request:
-        if len(line) > MAX_LINE_LENGTH:
-            raise self._error("request line too long", 414)
         match = _REQUEST_LINE.fullmatch(line)
         if match is None:
             raise self._error(f"invalid request line {line[:64]!r}")
