@@ -99,10 +99,7 @@ class Session:
         websocket = self.websocket
         while batch := await self.outbox.get_batch():
             for frame in batch:
-                if isinstance(frame, PreparedMessage):
-                    await websocket.send_prepared(frame)
-                else:
-                    await websocket.send(cast(str | bytes, frame))
+                await websocket.send(cast(str | bytes | PreparedMessage, frame))
 
     # --- input ------------------------------------------------------------------------------------
 

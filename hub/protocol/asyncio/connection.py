@@ -217,10 +217,17 @@ class WebSocketCommonProtocol(asyncio.Protocol):
     # --- sending ----------------------------------------------------------------------------------
 
     async def send(
-        self, message: Data | bytearray | memoryview | Iterable[Data] | AsyncIterable[Data]
+        self,
+        message: Data
+        | bytearray
+        | memoryview
+        | PreparedMessage
+        | Iterable[Data]
+        | AsyncIterable[Data],
     ) -> None:
-        """Send a text (``str``) or binary (bytes-like) message, or an (async) iterable of
-        fragments of one type, sent as one fragmented message (RFC 6455 section 5.4).
+        """Send a text (``str``) or binary (bytes-like) message, a :class:`PreparedMessage`
+        (serialized once for many connections), or an (async) iterable of fragments of one
+        type, sent as one fragmented message (RFC 6455 section 5.4).
 
         Waits while the outgoing buffer is above ``write_limit``.
         """
@@ -232,6 +239,8 @@ class WebSocketCommonProtocol(asyncio.Protocol):
             core.send_text(message)
         elif isinstance(message, bytes | bytearray | memoryview):
             core.send_binary(message)
+        elif isinstance(message, PreparedMessage):
+            core.send_prepared(message)
         elif isinstance(message, Mapping):
             raise TypeError("send() takes str or bytes, not a mapping; encode it first")
         elif isinstance(message, AsyncIterable):
@@ -251,7 +260,7 @@ class WebSocketCommonProtocol(asyncio.Protocol):
 
         False (and nothing sent) while the outgoing buffer is above ``write_limit``, a
         fragmented message is being sent, or the connection is not open: the caller queues the
-        message and sends it later with :meth:`send_prepared`. This is the fan-out's fast path:
+        message and sends it later with :meth:`send`. This is the fan-out's fast path:
         no task switch and no future per delivery.
         """
         core = self.core
@@ -269,22 +278,8 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         frame = core.prepared_frame(message)
         self._pending_writes.append(frame)
         self._pending_size += len(frame)
-        if not self._write_scheduled:
-            self._write_scheduled = True
-            self._turn_writer.add(self)
-        elif self._pending_size >= self.write_limit:
-            self._write_now()  # let the transport's flow control see it now
+        self._schedule_write(first_now=False)
         return True
-
-    async def send_prepared(self, message: PreparedMessage) -> None:
-        """Send a message serialized once for many connections (see PreparedMessage)."""
-        while self._fragmented_send is not None:
-            await asyncio.shield(self._fragmented_send)
-        core = await self._open_core()
-        core.send_prepared(message)
-        self._flush()
-        if self._writing_paused:
-            await self._drain()
 
     async def _send_fragments(self, core: Connection, fragments: AsyncIterator[Data]) -> None:
         try:
@@ -469,11 +464,9 @@ class WebSocketCommonProtocol(asyncio.Protocol):
     def _flush(self) -> None:
         """Queue what the core produced for writing; ``b""`` means close TCP (server first).
 
-        The first frame of an event-loop turn is written at once, so that the peer can start on
-        it; the frames that follow in the same turn are coalesced into one ``transport.write`` at
-        the end of the turn: a burst of sends costs two syscalls instead of one each. The queue is
-        written early when it reaches ``write_limit``, so a sender that never yields still meets
-        flow control.
+        The first frame of an event-loop turn is written at once; the frames that follow in the
+        same turn are coalesced into one ``transport.write`` at its end (_schedule_write): a
+        burst of sends costs two syscalls instead of one each.
         """
         core = self.core
         assert core is not None
@@ -486,15 +479,26 @@ class WebSocketCommonProtocol(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
         if self._pending_writes:
-            assert self.transport is not None
-            if not self._write_scheduled:
-                self._write_now()
-                self._write_scheduled = True
-                self._turn_writer.add(self)
-            elif self._pending_size + self.transport.get_write_buffer_size() >= self.write_limit:
-                self._write_now()  # over the limit: let the transport pause us now
+            self._schedule_write(first_now=True)
         if core.state is not OPEN and self._close_deadline is None and not self._lost.done():
             self._closing_started()
+
+    def _schedule_write(self, *, first_now: bool) -> None:
+        """Frames were added to the pending writes: write them at the end of this loop turn.
+
+        ``first_now`` writes the turn's first frames at once, so that the peer can start on
+        them (a reply); the fan-out leaves everything to the end of the turn. The queue is
+        written early when it reaches ``write_limit``, so a sender that never yields still
+        meets flow control.
+        """
+        assert self.transport is not None
+        if not self._write_scheduled:
+            if first_now:
+                self._write_now()
+            self._write_scheduled = True
+            self._turn_writer.add(self)
+        elif self._pending_size + self.transport.get_write_buffer_size() >= self.write_limit:
+            self._write_now()  # over the limit: let the transport pause us now
 
     def _closing_started(self) -> None:
         """Bound the closing handshake by close_timeout, and read until the peer's close frame.
