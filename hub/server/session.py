@@ -164,7 +164,8 @@ class Session:
             self._ok(request.id, offset=publication.offset, epoch=publication.epoch)
         elif isinstance(request, Sub):
             pattern = request.topic
-            if pattern not in self.subscriptions:
+            added = pattern not in self.subscriptions
+            if added:
                 limit = self.hub.settings.max_subscriptions
                 if len(self.subscriptions) >= limit:
                     raise BadRequest(f"at most {limit} subscriptions per connection")
@@ -174,9 +175,10 @@ class Session:
             if not is_pattern(pattern):
                 try:
                     epoch, offset = await router.backend.position(pattern)
-                except RequestError:  # unavailable: the client was not told it is subscribed
-                    self.subscriptions.discard(pattern)
-                    await router.unsubscribe(pattern, self)
+                except RequestError:  # unavailable: a new subscription is undone, not kept
+                    if added:
+                        self.subscriptions.discard(pattern)
+                        await router.unsubscribe(pattern, self)
                     raise
                 fields.update(epoch=epoch, offset=offset)
             self._ok(request.id, **fields)

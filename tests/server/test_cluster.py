@@ -171,6 +171,7 @@ async def test_redis_restarted_during_traffic(
         concretes: Collector = collect(concrete)
         wildcards: Collector = collect(wildcard)
         publisher = await open_peer(a)
+        await publisher.ok("sub", topic="held")
         before = [
             await publisher.ok("pub", topic=t, data=i) for i, t in enumerate(["room", "w.x"] * 3)
         ]
@@ -186,8 +187,10 @@ async def test_redis_restarted_during_traffic(
         assert loop.time() - started < 1.0, "a publish while Redis is down must fail fast"
         refused_sub = await publisher.error("sub", topic="elsewhere")
         assert refused_sub["code"] == "unavailable"
-        # A refused sub leaves no subscription behind.
+        # A refused sub leaves no subscription behind, and takes none away.
         assert (await publisher.error("unsub", topic="elsewhere"))["code"] == "not_subscribed"
+        assert (await publisher.error("sub", topic="held"))["code"] == "unavailable"
+        await publisher.ok("unsub", topic="held")
         body = await wait_health(b, 503)
         assert body["status"] == "unavailable" and body["backend_state"] == "down"
 
