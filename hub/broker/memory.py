@@ -23,7 +23,6 @@ class MemoryBackend(Backend):
         self.epoch = secrets.token_hex(8)
         self._offsets: dict[str, int] = {}
         self._patterns: Registry[None] = Registry()
-        self._running = False
         self._state = "starting"
 
     @property
@@ -32,11 +31,9 @@ class MemoryBackend(Backend):
         return self._state
 
     async def start(self) -> None:
-        self._running = True
         self._state = "up"
 
     async def close(self) -> None:
-        self._running = False
         self._state = "closed"
 
     async def subscribe(self, pattern: str) -> None:
@@ -49,7 +46,7 @@ class MemoryBackend(Backend):
         return self.epoch, self._offsets.get(topic, 0)
 
     async def publish(self, topic: str, payload: bytes) -> Publication:
-        if not self._running:
+        if self._state != "up":
             raise UsageError("the memory backend is not started (or already closed)")
         offset = self._offsets.get(topic, 0) + 1
         self._offsets[topic] = offset

@@ -53,8 +53,8 @@ import random
 import secrets
 import time
 import urllib.parse
-from collections.abc import Sequence
-from typing import Any, Protocol, cast
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol, TypeVar, cast
 
 import redis.asyncio
 import redis.exceptions
@@ -99,6 +99,7 @@ _CONNECTION_ERRORS = (redis.exceptions.ConnectionError, redis.exceptions.Timeout
 
 #: A Redis subscription: (is it a PSUBSCRIBE, the channel or glob as sent).
 _Target = tuple[bool, bytes]
+_T = TypeVar("_T")
 
 
 class _Connection(Protocol):
@@ -155,6 +156,14 @@ def _password_of(url: str) -> str | None:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "\\*?[]" else c for c in text)
+
+
+def _confirmation(response: Any) -> _Target | None:
+    """The subscription that a pub/sub reply confirms, or None if it confirms none."""
+    kind = response[0]
+    if kind == b"subscribe" or kind == b"psubscribe":
+        return kind == b"psubscribe", response[1]
+    return None
 
 
 def _backoff(base: float, cap: float, attempt: int) -> float:
@@ -219,8 +228,9 @@ class RedisBackend(Backend):
         self._confirmations: dict[_Target, asyncio.Future[bool]] = {}
         self._client: redis.asyncio.Redis | None = None
         self._pool: redis.asyncio.ConnectionPool | None = None  # makes pub/sub connections
-        self._conn: _Connection | None = None  # the pub/sub connection
-        self._ready = False  # _conn is subscribed to every target and read by the reader
+        #: The pub/sub connection; while the state is "up", it is subscribed to every target
+        #: and read by the reader.
+        self._conn: _Connection | None = None
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._down_since = 0.0
@@ -269,7 +279,6 @@ class RedisBackend(Backend):
             reason = self._describe(exc, self.connect_timeout + self.command_timeout)
             raise Unavailable(f"redis is unavailable at {self.redacted_url}: {reason}") from exc
         self._state = "up"
-        self._ready = True
         self._reader = asyncio.create_task(self._run(self._conn, queued), name="redis reader")
         self._reader.add_done_callback(self._reader_done)
 
@@ -277,7 +286,6 @@ class RedisBackend(Backend):
         if self._state == "closed":
             return
         self._state = "closed"
-        self._ready = False
         reader, self._reader = self._reader, None
         if reader is not None:
             reader.cancel()
@@ -291,9 +299,7 @@ class RedisBackend(Backend):
 
     async def _release(self) -> None:
         self._lose_confirmations()
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.disconnect(nowait=True)
+        await self._drop_conn()
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -301,24 +307,26 @@ class RedisBackend(Backend):
     # --- commands -----------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes) -> Publication:
-        self._check_state()
         channel = self._channel_head + topic.encode()
         args = (channel, secrets.token_hex(8), payload)
-        try:
-            async with asyncio.timeout(self.command_timeout):
-                epoch, offset = await self._publish_script(keys=[self._key_head + topic], args=args)
-        except (redis.exceptions.RedisError, OSError) as exc:
-            raise self._command_error(exc) from exc
+        epoch, offset = await self._command(
+            lambda: self._publish_script(keys=[self._key_head + topic], args=args)
+        )
         return Publication(topic, payload, int(offset), epoch.decode())
 
     async def position(self, topic: str) -> tuple[str, int]:
+        [position] = await self._command(lambda: self._positions([topic]))
+        return position
+
+    async def _command(self, command: Callable[[], Awaitable[_T]]) -> _T:
+        """Run a command while up, within ``command_timeout``; Unavailable or InternalError
+        (never a redis-py exception) when it fails."""
         self._check_state()
         try:
             async with asyncio.timeout(self.command_timeout):
-                [position] = await self._positions([topic])
+                return await command()
         except (redis.exceptions.RedisError, OSError) as exc:
             raise self._command_error(exc) from exc
-        return position
 
     def _check_state(self) -> None:
         if self._state == "up":
@@ -347,7 +355,7 @@ class RedisBackend(Backend):
         """Load the scripts, so that even the first publish is one round trip."""
         assert self._client is not None
         for script in (self._publish_script, self._positions_script):
-            script.sha = await self._client.script_load(script.script)
+            await self._client.script_load(script.script)
 
     def _command_error(self, exc: Exception) -> Unavailable | InternalError:
         if isinstance(exc, _CONNECTION_ERRORS):
@@ -389,7 +397,7 @@ class RedisBackend(Backend):
         users = self._targets.setdefault(target, set())
         users.add(pattern)
         conn = self._conn
-        if not self._ready or conn is None:
+        if self._state != "up" or conn is None:
             return  # recorded: (re)connecting subscribes every target
         try:
             if await self._confirmed(target, conn) and concrete and not covered:
@@ -418,15 +426,13 @@ class RedisBackend(Backend):
             reason = f"no confirmation of SUBSCRIBE within {self.command_timeout:g} s"
             if self._conn is conn:
                 self._went_down(redis.exceptions.TimeoutError(reason))
-                self._ready = False
                 await conn.disconnect(nowait=True)
             raise Unavailable(f"redis is unavailable: {reason}") from None
 
     async def _set_baseline(self, topic: str) -> None:
         """Start a newly subscribed topic's baseline at its position, as ``position`` says."""
         try:
-            async with asyncio.timeout(self.command_timeout):
-                [(epoch, offset)] = await self._positions([topic])
+            epoch, offset = await self.position(topic)
         except Exception as exc:
             # The first message, or the resynchronisation after a reconnect, sets it.
             logger.debug("redis backend: no baseline for %s yet: %s", topic, self._describe(exc))
@@ -440,7 +446,7 @@ class RedisBackend(Backend):
     async def unsubscribe(self, pattern: str) -> None:
         target = self._remove(pattern)
         conn = self._conn
-        if target is not None and self._ready and conn is not None:
+        if target is not None and self._state == "up" and conn is not None:
             # No need to wait for the confirmation: the registry already filters the topic out.
             await self._send(conn, "PUNSUBSCRIBE" if target[0] else "UNSUBSCRIBE", target[1])
 
@@ -502,7 +508,6 @@ class RedisBackend(Backend):
             except Exception as exc:
                 logger.exception("redis backend: the pub/sub reader failed; restarting it")
                 self._went_down(exc)  # e.g. an ACL refusal: not serving is not "up"
-            self._ready = False
             self._lose_confirmations()
             await conn.disconnect(nowait=True)
             conn, queued = await self._reconnect()
@@ -534,8 +539,8 @@ class RedisBackend(Backend):
             self._receive(response[1], response[2])
         elif kind == b"pmessage":
             self._receive(response[2], response[3])
-        elif kind == b"subscribe" or kind == b"psubscribe":
-            waiter = self._confirmations.pop((kind == b"psubscribe", response[1]), None)
+        elif (target := _confirmation(response)) is not None:
+            waiter = self._confirmations.pop(target, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)
         # Unsubscribe confirmations and PING answers need nothing.
@@ -604,27 +609,22 @@ class RedisBackend(Backend):
                     missed = await self._resync()
                     # Subscribe what was added meanwhile, then be up without yielding.
                     queued += await self._subscribe_all(self._conn, confirmed)
-            except _CONNECTION_ERRORS as exc:
-                self._went_down(exc)
-                logger.debug("redis backend: reconnecting failed: %s", self._describe(exc))
-                await self._drop_conn()
-                continue
             except Exception as exc:
-                # Logged with its traceback once per outage, not once per attempt.
-                log = logger.error if self._state == "up" else logger.debug
-                log("redis backend: resynchronising after a reconnect failed", exc_info=True)
-                self._went_down(exc)
+                # The backend is down already (_run logged why, once): attempts log at DEBUG,
+                # with the traceback of what is not a plain connection failure.
+                logger.debug(
+                    "redis backend: reconnecting failed: %s",
+                    self._describe(exc),
+                    exc_info=not isinstance(exc, _CONNECTION_ERRORS),
+                )
                 await self._drop_conn()
                 continue
-            if self._state == "down":
-                logger.info(
-                    "redis at %s is available again after %.1f s",
-                    self.redacted_url,
-                    time.monotonic() - self._down_since,
-                )
-            if self._state != "closed":
-                self._state = "up"
-            self._ready = True
+            logger.info(
+                "redis at %s is available again after %.1f s",
+                self.redacted_url,
+                time.monotonic() - self._down_since,
+            )
+            self._state = "up"
             missed_topics, wildcards = missed
             self._gap(missed_topics, "the pub/sub connection was lost", wildcards)
             return self._conn, queued
@@ -684,9 +684,8 @@ class RedisBackend(Backend):
                     raise redis.exceptions.TimeoutError(
                         f"no confirmation of SUBSCRIBE within {self.command_timeout:g} s"
                     )
-                kind = response[0]
-                if kind == b"subscribe" or kind == b"psubscribe":
-                    target = (kind == b"psubscribe", response[1])
+                target = _confirmation(response)
+                if target is not None:
                     expected.discard(target)
                     confirmed.add(target)
                 else:
