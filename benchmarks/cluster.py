@@ -31,41 +31,55 @@ import re
 import shlex
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from types import FrameType
 from typing import Any
 
 import redis
 from echo import (
+    CLIENT_BOUND_CPU,
+    CLIENT_CPU_NOTE,
     HOST,
+    JSON_OPTION,
+    SETTLE,
+    SLICE_IQR_NOTE,
+    STARTUP_TIMEOUT_OPTION,
     BenchmarkError,
-    ProtocolError,
     Server,
-    csv_of,
     environment,
+    exit_on_sigterm,
+    exit_status,
+    format_client_load,
+    format_number,
+    format_table,
     log,
-    parse_size,
+    median_or_none,
+    rounds,
+    slice_count,
+    sum_or_none,
 )
 from fanout import (
-    CLIENT_BOUND_CPU,
     DEFAULT_HUB_CMD,
-    MIN_SIZE,
-    PACE_SLIP_NS,
-    SETTLE,
+    RATE_OPTION,
+    SEED_OPTION,
+    SIZES_OPTION,
     CaseResult,
     Endpoint,
     Options,
     Pool,
     Run,
     Subscriber,
+    check_load_args,
+    close_pools,
     cpu_seconds,
     fill_template,
+    final_check,
+    format_latency,
+    per_million,
     raise_file_limit,
     run_case,
     source_version,
@@ -179,26 +193,7 @@ class ClusterPool(Pool):
 
     async def open(self) -> None:
         """Connect and subscribe every subscriber to its own node (fanout's, per node)."""
-
-        async def connect(endpoint: Endpoint, port: int) -> None:
-            await self._loop.create_connection(lambda: endpoint, HOST, port)
-            await endpoint.opened
-            if endpoint.error:
-                raise ProtocolError(endpoint.error)
-            await endpoint.welcomed
-            if isinstance(endpoint, Subscriber):
-                await endpoint.subscribe()
-
-        try:
-            async with asyncio.timeout(self.opts.timeout):
-                for i in range(0, len(self.ports), 100):
-                    batch = self.ports[i : i + 100]
-                    await asyncio.gather(*(connect(e, port) for e, port in batch))
-        except (OSError, TimeoutError, ProtocolError) as exc:
-            self.check()
-            n = len(self.subscribers)
-            raise BenchmarkError(f"{self.name}: cannot open and subscribe {n}: {exc!r}") from exc
-        self.check()
+        await self.connect()
         epochs = {subscriber.epoch for subscriber in self.subscribers}
         if len(epochs) != 1:
             raise BenchmarkError(f"{self.name}: the nodes' subscribers got epochs {epochs}")
@@ -207,8 +202,7 @@ class ClusterPool(Pool):
             raise BenchmarkError(f"{self.name}: the nodes' subscribers got offsets {offsets}")
 
     def check(self) -> None:
-        for server in self.servers():
-            server.check_alive()
+        self.check_alive()
         super().check()
 
     def _server_cpu(self) -> tuple[float | None, float | None]:
@@ -220,10 +214,7 @@ class ClusterPool(Pool):
         self._marks = [*self._marks[-1:], Window(cpu, delivered)]
         hub = [cpu[node.name] for node in self.nodes]
         user = [user_cpu_seconds(node.server.process.pid) for node in self.nodes]
-        return (
-            None if None in hub else sum(value or 0.0 for value in hub),
-            None if None in user else sum(value or 0.0 for value in user),
-        )
+        return sum_or_none(hub), sum_or_none(user)
 
     def _window(self) -> Window:
         before, after = self._marks
@@ -264,19 +255,6 @@ class ClusterPool(Pool):
 # --- results --------------------------------------------------------------------------------
 
 
-def median_or_none(values: Sequence[float | None]) -> float | None:
-    if not values or any(value is None for value in values):
-        return None
-    return statistics.median(value or 0.0 for value in values)
-
-
-def per_million(numerator: float | None, denominator: int) -> float | None:
-    """Microseconds per unit: CPU seconds over a count, or None."""
-    if numerator is None or not denominator:
-        return None
-    return numerator / denominator * 1e6
-
-
 @dataclass
 class ClusterCase:
     """All repetitions of one payload size: fanout's CaseResult, plus per-process windows."""
@@ -313,22 +291,10 @@ class ClusterCase:
         return self.base.rate(name)
 
     def ratio(self) -> float:
-        pairs = zip(self.base.runs(REDIS), self.base.runs(MEMORY), strict=True)
-        return statistics.median(ours.rate / theirs.rate for ours, theirs in pairs)
+        return self.base.ratio(REDIS, MEMORY)
 
     def slice_spread(self) -> tuple[float, float]:
-        ratios = [
-            ours.rate / theirs.rate
-            for ours_slices, theirs_slices in zip(
-                self.base.saturated[REDIS], self.base.saturated[MEMORY], strict=True
-            )
-            for ours, theirs in zip(ours_slices, theirs_slices, strict=True)
-            if theirs.rate
-        ]
-        if len(ratios) < 2:
-            return (ratios[0], ratios[0]) if ratios else (float("nan"), float("nan"))
-        quartiles = statistics.quantiles(ratios, n=4)
-        return quartiles[0], quartiles[2]
+        return self.base.slice_spread(REDIS, MEMORY)
 
     def node_us(self, name: str, node: str, paced: bool = False) -> float | None:
         """A node's CPU per delivery to its own subscribers, microseconds (median)."""
@@ -370,7 +336,7 @@ class ClusterCase:
         return self.base.percentiles_ms(name)
 
     def client_load(self) -> float:
-        return max(self.base.client_load(name) for name in (MEMORY, REDIS))
+        return self.base.client_load()
 
     def to_json(self) -> dict[str, Any]:
         cases: dict[str, Any] = {}
@@ -540,7 +506,7 @@ async def run_all(
         ),
     }
     pools: dict[str, Pool] = dict(made)
-    opened: list[ClusterPool] = []
+    opened: list[Pool] = []
     warnings: list[str] = []
     results = [ClusterCase(size, opts.subscribers) for size in sizes]
     rtt: RoundTrips | None = None
@@ -561,25 +527,21 @@ async def run_all(
                 f"{name}: {opts.subscribers} subscribers ({spread}) and a publisher connected"
                 f" and subscribed in {time.perf_counter() - started:.1f} s"
             )
-        done = 0
-        for rep in range(repeat):
-            for index, result in enumerate(results):
-                first = MEMORY if (index + rep) % 2 == 0 else REDIS
-                try:
-                    summary = await run_case(pools, result.base, opts, first)
-                except BenchmarkError as exc:
-                    raise BenchmarkError(f"{result.label}: {exc}") from exc
-                for name, pool in made.items():
-                    result.add(name, *pool.take_windows())
-                done += 1
-                memory, clustered = summary[MEMORY][0], summary[REDIS][0]
-                load = max(run.client_load for pair in summary.values() for run in pair)
-                log(
-                    f"[{done}/{repeat * len(results)}] {result.label:<12}"
-                    f" {MEMORY} {memory.rate:>9,.0f}  {REDIS} {clustered.rate:>9,.0f}"
-                    f" deliveries/s  ratio {clustered.rate / memory.rate:.2f}"
-                    f"  client CPU {load:.0%}"
-                )
+        for done, result, first in rounds(results, repeat, (MEMORY, REDIS)):
+            try:
+                summary = await run_case(pools, result.base, opts, first)
+            except BenchmarkError as exc:
+                raise BenchmarkError(f"{result.label}: {exc}") from exc
+            for name, pool in made.items():
+                result.add(name, *pool.take_windows())
+            memory, clustered = summary[MEMORY][0], summary[REDIS][0]
+            load = max(run.client_load for pair in summary.values() for run in pair)
+            log(
+                f"[{done}/{repeat * len(results)}] {result.label:<12}"
+                f" {MEMORY} {memory.rate:>9,.0f}  {REDIS} {clustered.rate:>9,.0f}"
+                f" deliveries/s  ratio {clustered.rate / memory.rate:.2f}"
+                f"  client CPU {load:.0%}"
+            )
         if rtt_publishes:
             rtt = await count_round_trips(made[REDIS], client, rtt_publishes)
             log(
@@ -587,22 +549,12 @@ async def run_all(
                 f" {rtt.total_commands} commands processed for {rtt.publications} publications"
                 f" ({rtt.seconds:.1f} s)"
             )
-        for pool in made.values():
-            await pool.verify(pool.filler)  # every subscriber: offsets show nothing was lost
-        log("final check passed: every subscriber got every publication, in order")
+        await final_check(made.values())
     finally:
         client.close()
-        for pool in opened:
-            notes = await pool.close(opts.timeout)
-            warnings.extend(f"{pool.name}: {note}" for note in notes)
+        warnings += await close_pools(opened, opts.timeout)
     for result in results:
-        for name in (MEMORY, REDIS):
-            late = max(run.late_ns for slices in result.base.paced[name] for run in slices)
-            if late > PACE_SLIP_NS:
-                warnings.append(
-                    f"{result.label} paced on {name}: a publication went out {late / 1e6:.1f} ms"
-                    " late (the client was busy); lower --rate"
-                )
+        warnings += result.base.late_warnings()
     return results, rtt, version, warnings
 
 
@@ -615,10 +567,7 @@ def stop_and_read(server: Server, grace: float) -> str:
             server.process.wait(grace)
         except (ProcessLookupError, subprocess.TimeoutExpired):
             pass
-    try:
-        text = server.log.read_text(errors="replace")
-    except OSError:
-        text = ""
+    text = server.log_text()
     server.stop()  # kills what is left, removes the log
     return text
 
@@ -642,12 +591,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="subscribers per case (default 1000): all on the memory node; half on node A and"
         " half on node B",
     )
-    parser.add_argument(
-        "--sizes",
-        type=csv_of(parse_size),
-        default=[64, 1024],
-        help=f"payload sizes (the data string), at least {MIN_SIZE}; default 64,1KiB",
-    )
+    parser.add_argument("--sizes", **SIZES_OPTION)
     parser.add_argument(
         "--window",
         type=int,
@@ -655,9 +599,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="saturation: publications outstanding at the designated subscriber, which in the"
         " redis case is on node B (default 8)",
     )
-    parser.add_argument(
-        "--rate", type=float, default=20.0, help="paced: publications per second (default 20)"
-    )
+    parser.add_argument("--rate", **RATE_OPTION)
     parser.add_argument(
         "--duration",
         type=float,
@@ -689,19 +631,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="publications (on node A, nothing else running) around which Redis's"
         " INFO commandstats is read to count commands per publish; 0 skips it (default 1000)",
     )
-    parser.add_argument("--seed", type=int, default=6455, help="seed for the mask keys")
+    parser.add_argument("--seed", **SEED_OPTION)
     parser.add_argument(
         "--timeout",
         type=float,
         default=20.0,
         help="limit for connecting, draining, closing and Redis commands, seconds (default 20)",
     )
-    parser.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=15.0,
-        help="seconds a server may take to accept connections (default 15)",
-    )
+    parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
     parser.add_argument(
         "--redis-server",
         default=shutil.which("redis-server"),
@@ -713,9 +650,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_HUB_CMD,
         help=f"command for every hub-server, without the backend (default: {DEFAULT_HUB_CMD!r})",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON on stdout instead of the table"
-    )
+    parser.add_argument("--json", **JSON_OPTION)
     args = parser.parse_args(argv)
     for name in ("window", "repeat"):
         if getattr(args, name) < 1:
@@ -724,31 +659,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--subscribers must be at least 2 (one per Redis node)")
     if args.rtt_publishes < 0:
         parser.error("--rtt-publishes must not be negative")
-    if any(size < MIN_SIZE or size > 2**20 for size in args.sizes):
-        parser.error(f"--sizes must be within {MIN_SIZE}..{2**20}")
-    if args.duration <= 0 or args.slice <= 0 or args.warmup < 0 or args.rate <= 0:
-        parser.error("--duration, --slice and --rate must be positive, --warmup not negative")
+    check_load_args(parser, args)
     if not args.redis_server:
         parser.error("no redis-server on PATH: name one with --redis-server")
     return args
-
-
-def format_rows(rows: Sequence[Sequence[str]]) -> str:
-    """Columns aligned like fanout.py's table: the first left, the others right."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
-
-
-def num(value: float | None, digits: int = 2) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def render_tables(results: Sequence[ClusterCase]) -> tuple[str, str]:
@@ -780,13 +694,8 @@ def render_tables(results: Sequence[ClusterCase]) -> tuple[str, str]:
         )
     ]
 
-    def latency(result: ClusterCase, name: str) -> str:
-        p = result.latency(name)
-        return "n/a" if p is None else f"{p['p50']:.2f} / {p['p99']:.2f}"
-
     for result in results:
         low, high = result.slice_spread()
-        load = result.client_load()
         throughput.append(
             (
                 result.label,
@@ -795,25 +704,27 @@ def render_tables(results: Sequence[ClusterCase]) -> tuple[str, str]:
                 f"{result.ratio():.2f}",
                 f"{low:.2f}-{high:.2f}",
                 f"{result.rate(REDIS) / 2:,.0f} ({result.ratio() / 2:.2f})",
-                " / ".join(num(result.per_read(name), 1) for name in (MEMORY, REDIS)),
-                latency(result, MEMORY),
-                latency(result, REDIS),
-                f"{load:.0%}" + (" *" if load > CLIENT_BOUND_CPU else ""),
+                " / ".join(format_number(result.per_read(name), 1) for name in (MEMORY, REDIS)),
+                format_latency(result.latency(MEMORY)),
+                format_latency(result.latency(REDIS)),
+                format_client_load(result.client_load()),
             )
         )
         cost.append(
             (
                 result.label,
-                num(result.hub_us(MEMORY)),
-                num(result.hub_us(REDIS)),
-                " / ".join(num(result.node_us(REDIS, node)) for node in (NODE_A, NODE_B)),
-                " / ".join(num(result.capacity(node)) for node in (NODE_A, NODE_B)),
-                num(result.redis_us()),
-                num(result.redis_us(per="publication"), 1),
-                " / ".join(num(result.hub_us(name, paced=True)) for name in (MEMORY, REDIS)),
+                format_number(result.hub_us(MEMORY)),
+                format_number(result.hub_us(REDIS)),
+                " / ".join(format_number(result.node_us(REDIS, node)) for node in (NODE_A, NODE_B)),
+                " / ".join(format_number(result.capacity(node)) for node in (NODE_A, NODE_B)),
+                format_number(result.redis_us()),
+                format_number(result.redis_us(per="publication"), 1),
+                " / ".join(
+                    format_number(result.hub_us(name, paced=True)) for name in (MEMORY, REDIS)
+                ),
             )
         )
-    return format_rows(throughput), format_rows(cost)
+    return format_table(throughput), format_table(cost)
 
 
 def throughput_notes(opts: Options) -> str:
@@ -822,7 +733,7 @@ deliv/s: msg frames received across all subscribers per second at saturation (wi
   in the redis case the designated subscriber is on node B, so a publication counts only once it
   has crossed Redis)
 ratio: redis / memory deliveries per second, paired per repetition (median)
-slice IQR: interquartile range of the ratios of slices run back to back: the noise to expect
+{SLICE_IQR_NOTE}
 redis/node: redis deliveries per second / 2 nodes (and that / memory): the per-node throughput
   view. Here all hub nodes share the cores with each other and the client, so this is about half
   the ratio whatever Redis costs; judge the per-node cost by the CPU table
@@ -830,7 +741,7 @@ deliv/read: memory / redis msg frames per subscriber socket read at saturation: 
   publications a node's writers coalesced into one write (1.0: each went out on its own)
 p50/p99 ms: delivery latency at {opts.rate:g} publications/s ({opts.rate * opts.subscribers:,.0f} \
 deliveries/s), all subscribers
-client CPU: the load client's share of one core; * marks a case it may have limited"""
+{CLIENT_CPU_NOTE}"""
 
 
 COST_NOTES = """\
@@ -868,25 +779,14 @@ def log_summary(name: str, text: str, pattern: re.Pattern[str]) -> tuple[int, li
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    opts = Options(
-        args.subscribers,
-        args.window,
-        args.rate,
-        args.duration,
-        args.slice,
-        args.warmup,
-        args.timeout,
-    )
-    slices = max(1, round(opts.duration / opts.slice))
+    opts = Options.from_args(args)
+    slices = slice_count(opts.duration, opts.slice)
     per_case = 2 * (2 * opts.duration + opts.warmup + slices * 2 * (SETTLE + 0.04) + 0.2)
     runs = len(args.sizes) * args.repeat
     extra = 2 * opts.subscribers / 300 + args.rtt_publishes * opts.subscribers / 60_000 + 5
     log(f"{runs} cases to run, about {runs * per_case + extra:.0f} s")
 
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, interrupted)
+    exit_on_sigterm()
     started: dict[str, Server] = {}
     logs: dict[str, str] = {}
     argvs: dict[str, list[str]] = {}
@@ -922,12 +822,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             results, rtt, version, warnings = asyncio.run(
                 run_all(cluster, args.sizes, opts, args.repeat, args.seed, args.rtt_publishes)
             )
-        except BenchmarkError as exc:
-            log(f"error: {exc}")
-            failed = 1
-        except KeyboardInterrupt:
-            log("interrupted")
-            failed = 130
+        except (BenchmarkError, KeyboardInterrupt) as exc:
+            failed = exit_status(exc)
         finally:
             # The hubs first (their logs include the shutdown), then Redis.
             for name in (MEMORY, NODE_A, NODE_B, REDIS_SERVER):

@@ -35,11 +35,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 HOST = "127.0.0.1"
 MAX_SIZE = 16 * 1024 * 1024
@@ -49,12 +49,19 @@ PEER_SCRIPT = Path(__file__).resolve().parent / "peers" / "websockets_echo.py"
 OURS = "hub"
 PEER = "websockets"
 T = TypeVar("T")
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+def script_command(script: Path) -> str:
+    """The command template that runs a Python ``script`` on ``{host}`` and ``{port}``."""
+    return "{python} " + shlex.quote(str(script)) + " --host {host} --port {port}"
+
+
 DEFAULT_OURS_CMD = (
     "{python} -m hub.protocol --host {host} --port {port} --max-size 16777216 --no-compression"
 )
-DEFAULT_PEER_CMD = (
-    "{python} " + shlex.quote(str(PEER_SCRIPT)) + " --host {host} --port {port} --max-size 16777216"
-)
+DEFAULT_PEER_CMD = script_command(PEER_SCRIPT) + " --max-size 16777216"
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -110,8 +117,11 @@ def close_frame(key: bytes, code: int = 1000) -> bytes:
     return client_frame(OP_CLOSE, struct.pack("!H", code), key)
 
 
-def handshake_request(port: int) -> tuple[bytes, str]:
-    """An upgrade request and the ``Sec-WebSocket-Accept`` value the server must answer."""
+def handshake_request(
+    port: int, subprotocol: str | None = None, extensions: str | None = None
+) -> tuple[bytes, str]:
+    """An upgrade request (offering ``subprotocol`` and ``extensions``, if given) and the
+    ``Sec-WebSocket-Accept`` value the server must answer."""
     key = base64.b64encode(os.urandom(16)).decode()
     accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
     request = (
@@ -121,13 +131,17 @@ def handshake_request(port: int) -> tuple[bytes, str]:
         "Connection: Upgrade\r\n"
         f"Sec-WebSocket-Key: {key}\r\n"
         "Sec-WebSocket-Version: 13\r\n"
-        "\r\n"
     )
-    return request.encode(), accept
+    if subprotocol is not None:
+        request += f"Sec-WebSocket-Protocol: {subprotocol}\r\n"
+    if extensions is not None:
+        request += f"Sec-WebSocket-Extensions: {extensions}\r\n"
+    return (request + "\r\n").encode(), accept
 
 
-def check_handshake_response(head: bytes, accept: str) -> None:
-    """Raise ProtocolError unless ``head`` (up to the blank line) accepts the upgrade."""
+def response_headers(head: bytes, accept: str) -> dict[str, str]:
+    """The headers of a handshake response ``head`` (up to the blank line; names lowercased),
+    or ProtocolError unless it accepts the upgrade."""
     status, *lines = head.decode("latin-1").split("\r\n")
     if not status.startswith("HTTP/1.1 101"):
         raise ProtocolError(f"upgrade refused: {status!r}")
@@ -138,8 +152,26 @@ def check_handshake_response(head: bytes, accept: str) -> None:
             headers[name.strip().lower()] = value.strip()
     if headers.get("sec-websocket-accept") != accept:
         raise ProtocolError("wrong or missing Sec-WebSocket-Accept")
+    return headers
+
+
+def check_subprotocol(headers: dict[str, str], subprotocol: str) -> None:
+    """Raise ProtocolError unless the response ``headers`` chose ``subprotocol``."""
+    chosen = headers.get("sec-websocket-protocol")
+    if chosen is None:
+        raise ProtocolError(f"server did not accept subprotocol {subprotocol}")
+    if chosen != subprotocol:
+        raise ProtocolError(f"server chose subprotocol {chosen!r}")
+
+
+def check_handshake_response(head: bytes, accept: str, subprotocol: str | None = None) -> None:
+    """Raise ProtocolError unless ``head`` (up to the blank line) accepts the upgrade, with
+    ``subprotocol`` if one was offered and no extension."""
+    headers = response_headers(head, accept)
     if "sec-websocket-extensions" in headers:
         raise ProtocolError("server negotiated an extension that was not offered")
+    if subprotocol is not None:
+        check_subprotocol(headers, subprotocol)
 
 
 @dataclass(frozen=True)
@@ -191,38 +223,33 @@ class FrameBatches:
 # --- the load client -----------------------------------------------------------------------
 
 
-class EchoClient(asyncio.Protocol):
-    """One benchmark connection: upgrade, then, while resumed, keep ``window`` messages in flight.
+class Connection(asyncio.Protocol):
+    """A load-client connection: the HTTP upgrade, then every byte to :meth:`_feed`.
 
-    Echoed frames are read by header only. The expected case (one unfragmented frame of the
-    sent opcode and length) takes a short path; fragmented echoes and control frames are
-    handled too, and anything an echo server must not send is recorded in ``error``.
+    It answers pings, does the closing handshake, and records the first thing the server got
+    wrong in ``error`` (then aborts). ``opened`` and ``closed`` resolve when the upgrade is done
+    and when the connection is gone, also on a failure.
     """
 
-    def __init__(self, port: int, message: Message, batches: FrameBatches, window: int) -> None:
+    def __init__(
+        self,
+        port: int,
+        key: bytes,
+        subprotocol: str | None = None,
+        extensions: str | None = None,
+    ) -> None:
         self._loop = asyncio.get_running_loop()
-        self.received = 0
         self.error: str | None = None
         self.warning: str | None = None
         self.opened: asyncio.Future[None] = self._loop.create_future()
         self.closed: asyncio.Future[None] = self._loop.create_future()
-        self._drained: asyncio.Future[None] = self._loop.create_future()
-        self._request, self._accept = handshake_request(port)
-        self._message = message
-        self._batches = batches
-        self._window = window
-        self._fast_first_byte = 0x80 | message.opcode
-        self._size = message.size
+        self._request, self._accept = handshake_request(port, subprotocol, extensions)
+        self._subprotocol = subprotocol
+        self._key = key  # masks every frame this connection sends
         self._transport: asyncio.Transport | None = None
         self._head = bytearray()
         self._open = False
-        self._in_flight = 0
-        self._paused = True
         self._close_sent = False
-        self._pending = b""  # an incomplete frame header (or control frame) from the last read
-        self._skip = 0  # payload bytes of the current frame still to arrive
-        self._skip_completes = False  # whether the current frame ends an echoed message
-        self._message_length = -1  # payload so far of a fragmented message; -1 outside one
 
     # asyncio.Protocol callbacks
 
@@ -239,9 +266,108 @@ class EchoClient(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._close_sent and self.error is None:
             self.error = f"connection lost: {exc or 'closed by the server'}"
-        for future in (self.opened, self._drained, self.closed):
+        for future in (self.opened, self.closed):
             if not future.done():
                 future.set_result(None)
+
+    # sending and closing
+
+    def write(self, frames: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(frames)
+
+    async def close(self, grace: float) -> None:
+        """The closing handshake, waiting for the server to end the TCP connection."""
+        transport = self._transport
+        if transport is None or self.closed.done():
+            return
+        self._close_sent = True
+        transport.write(close_frame(self._key))
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), grace)
+        except TimeoutError:
+            self.warning = self.warning or "server did not close TCP after the closing handshake"
+            transport.abort()
+
+    # incoming bytes
+
+    def _handshake(self, data: bytes) -> None:
+        self._head += data
+        end = self._head.find(b"\r\n\r\n")
+        if end < 0:
+            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
+                self._fail("handshake response too long")
+            return
+        rest = bytes(self._head[end + 4 :])
+        try:
+            self._check_response(bytes(self._head[:end]))
+        except ProtocolError as exc:
+            self._fail(str(exc))
+            return
+        self._open = True
+        self._head.clear()
+        self.opened.set_result(None)
+        if rest:
+            self._feed(rest)
+
+    def _check_response(self, head: bytes) -> None:
+        """Raise ProtocolError unless the response ``head`` accepts the upgrade as offered."""
+        check_handshake_response(head, self._accept, self._subprotocol)
+
+    def _feed(self, data: bytes) -> None:
+        """Bytes after the upgrade."""
+        raise NotImplementedError
+
+    def _control(self, first: int, payload: bytes) -> None:
+        """A control frame: a ping is answered, a close the client did not start is an error."""
+        if first & 0xF0 != 0x80:
+            raise ProtocolError("fragmented control frame or RSV bits set")
+        opcode = first & 0x0F
+        if opcode == OP_PING:
+            self.write(client_frame(OP_PONG, payload, self._key))
+        elif opcode == OP_CLOSE:
+            if not self._close_sent:
+                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
+                reason = payload[2:].decode(errors="replace")
+                raise ProtocolError(f"the server closed the connection ({code} {reason})")
+        elif opcode != OP_PONG:
+            raise ProtocolError(f"unknown control opcode {opcode:#x}")
+
+    def _fail(self, reason: str) -> None:
+        if self.error is None:
+            self.error = reason
+        if self._transport is not None:
+            self._transport.abort()
+
+
+class EchoClient(Connection):
+    """One benchmark connection: upgrade, then, while resumed, keep ``window`` messages in flight.
+
+    Echoed frames are read by header only. The expected case (one unfragmented frame of the
+    sent opcode and length) takes a short path; fragmented echoes and control frames are
+    handled too, and anything an echo server must not send is recorded in ``error``.
+    """
+
+    def __init__(self, port: int, message: Message, batches: FrameBatches, window: int) -> None:
+        super().__init__(port, message.key)
+        self.received = 0
+        self._drained: asyncio.Future[None] = self._loop.create_future()
+        self._message = message
+        self._batches = batches
+        self._window = window
+        self._fast_first_byte = 0x80 | message.opcode
+        self._size = message.size
+        self._in_flight = 0
+        self._paused = True
+        self._pending = b""  # an incomplete frame header (or control frame) from the last read
+        self._skip = 0  # payload bytes of the current frame still to arrive
+        self._skip_completes = False  # whether the current frame ends an echoed message
+        self._message_length = -1  # payload so far of a fragmented message; -1 outside one
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self._drained.done():
+            self._drained.set_result(None)
 
     # load control
 
@@ -270,37 +396,9 @@ class EchoClient(asyncio.Protocol):
     async def close(self, grace: float) -> None:
         """Drain, then do the closing handshake, waiting for the server to end the TCP link."""
         await self.pause(grace)
-        transport = self._transport
-        if transport is None or self.closed.done():
-            return
-        self._close_sent = True
-        transport.write(close_frame(self._message.key))
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), grace)
-        except TimeoutError:
-            self.warning = self.warning or "server did not close TCP after the closing handshake"
-            transport.abort()
+        await super().close(grace)
 
     # incoming bytes
-
-    def _handshake(self, data: bytes) -> None:
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
-                self._fail("handshake response too long")
-            return
-        rest = bytes(self._head[end + 4 :])
-        try:
-            check_handshake_response(bytes(self._head[:end]), self._accept)
-        except ProtocolError as exc:
-            self._fail(str(exc))
-            return
-        self._open = True
-        self._head.clear()
-        self.opened.set_result(None)
-        if rest:
-            self._feed(rest)
 
     def _feed(self, data: bytes) -> None:
         if self._pending:
@@ -394,26 +492,6 @@ class EchoClient(asyncio.Protocol):
             self._message_length = -1
         return fin
 
-    def _control(self, first: int, payload: bytes) -> None:
-        if first & 0xF0 != 0x80:
-            raise ProtocolError("fragmented control frame or RSV bits set")
-        opcode = first & 0x0F
-        assert self._transport is not None
-        if opcode == OP_PING:
-            self._transport.write(client_frame(OP_PONG, payload, self._message.key))
-        elif opcode == OP_CLOSE:
-            if not self._close_sent:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                raise ProtocolError(f"the server closed the connection (code {code})")
-        elif opcode != OP_PONG:
-            raise ProtocolError(f"unknown control opcode {opcode:#x}")
-
-    def _fail(self, reason: str) -> None:
-        if self.error is None:
-            self.error = reason
-        if self._transport is not None:
-            self._transport.abort()
-
 
 async def read_message(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     """Read one whole (possibly fragmented) data message, skipping control frames."""
@@ -487,6 +565,49 @@ def expand_command(template: str, port: int) -> list[str]:
     return argv
 
 
+def stat_cpu_seconds(pid: int, *, user_only: bool = False) -> float | None:
+    """CPU time of all threads of ``pid`` from /proc/PID/stat, in clock ticks (10 ms), if /proc
+    has it: user plus system time, or with ``user_only`` the user-mode part alone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) if user_only else int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+@contextlib.contextmanager
+def started_servers(
+    commands: Mapping[str, str], timeout: float, cpu: int | None = None
+) -> Iterator[dict[str, Server]]:
+    """Start a server for each named command, one after the other, and stop them all when the
+    block ends, however it ends."""
+    servers: dict[str, Server] = {}
+    try:
+        for name, template in commands.items():
+            servers[name] = server = Server.start(name, template, timeout, cpu)
+            log(f"{name} server on port {server.port}: {shlex.join(server.argv)}")
+        yield servers
+    finally:
+        for server in servers.values():
+            server.stop()
+
+
+def shows_trouble(log_text: str) -> bool:
+    """Whether a server's output has a word that suggests something went wrong."""
+    return any(word in log_text.lower() for word in TROUBLE_WORDS)
+
+
+def log_warnings(logs: Mapping[str, str]) -> list[str]:
+    """A warning with the last lines of each server's log that shows trouble."""
+    return [
+        f"{name} server's log may show trouble; its last lines:\n{text}"
+        for name, text in logs.items()
+        if shows_trouble(text)
+    ]
+
+
 @dataclass
 class Server:
     """An echo server subprocess in its own process group; its output goes to ``log``."""
@@ -550,19 +671,17 @@ class Server:
 
     def cpu_seconds(self) -> float | None:
         """User plus system CPU time of the server process (all threads), if /proc has it."""
-        try:
-            stat = Path(f"/proc/{self.process.pid}/stat").read_text()
-        except OSError:
-            return None
-        fields = stat.rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return stat_cpu_seconds(self.process.pid)
 
-    def log_tail(self, lines: int = 20) -> str:
+    def log_text(self) -> str:
+        """Everything the server wrote so far ("" once the log is gone)."""
         try:
-            text = self.log.read_text(errors="replace")
+            return self.log.read_text(errors="replace")
         except OSError:
             return ""
-        return "\n".join(text.splitlines()[-lines:])
+
+    def log_tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
 
     def stop(self) -> None:
         """Terminate the server's process group, killing it if it lingers; remove the log."""
@@ -581,6 +700,90 @@ class Server:
 
 
 # --- measurement ---------------------------------------------------------------------------
+
+
+class Rated(Protocol):
+    @property
+    def rate(self) -> float: ...
+
+
+def sum_or_none(values: Iterable[float | None]) -> float | None:
+    """The sum, or None if any value is unknown."""
+    values = list(values)
+    return None if None in values else sum(value or 0.0 for value in values)
+
+
+def median_or_none(values: Sequence[float | None]) -> float | None:
+    """The median, or None if there are no values or any is unknown."""
+    if not values or any(value is None for value in values):
+        return None
+    return statistics.median(value or 0.0 for value in values)
+
+
+def slice_count(duration: float, slice_: float) -> int:
+    """How many slices of about ``slice_`` seconds make up ``duration`` timed seconds."""
+    return max(1, round(duration / slice_))
+
+
+async def alternate(
+    pools: Mapping[str, P], first: str, count: int, measure: Callable[[P], Awaitable[R]]
+) -> dict[str, list[R]]:
+    """Run ``count`` slices on each pool in ABBA order, ``first`` first."""
+    order = [first, *(name for name in pools if name != first)]
+    slices: dict[str, list[R]] = {name: [] for name in order}
+    for i in range(count):
+        for name in order if i % 2 == 0 else reversed(order):
+            slices[name].append(await measure(pools[name]))
+    return slices
+
+
+def rounds(items: Sequence[T], repeat: int, names: tuple[str, str]) -> Iterator[tuple[int, T, str]]:
+    """Every item ``repeat`` times, with the name of the server that goes first: the two take
+    turns from one item to the next and from one repetition to the next. Yields the number of
+    this run (from 1), the item and that name."""
+    done = 0
+    for rep in range(repeat):
+        for index, item in enumerate(items):
+            done += 1
+            yield done, item, names[(index + rep) % 2]
+
+
+def slice_ratios(ours: Sequence[Sequence[Rated]], theirs: Sequence[Sequence[Rated]]) -> list[float]:
+    """Ours / theirs for the slices that ran back to back, over all repetitions (each a list of
+    slices); a slice in which theirs did nothing is left out."""
+    return [
+        our.rate / their.rate
+        for our_slices, their_slices in zip(ours, theirs, strict=True)
+        for our, their in zip(our_slices, their_slices, strict=True)
+        if their.rate
+    ]
+
+
+def quartile_range(ratios: Sequence[float]) -> tuple[float, float]:
+    """The interquartile range of the slice ratios (NaN when there are none)."""
+    if len(ratios) < 2:
+        return (ratios[0], ratios[0]) if ratios else (float("nan"), float("nan"))
+    quartiles = statistics.quantiles(ratios, n=4)
+    return quartiles[0], quartiles[2]
+
+
+async def close_all(connections: Sequence[Connection], grace: float) -> list[str]:
+    """Close every connection at once; the warnings they recorded, each once."""
+    await asyncio.gather(*(connection.close(grace) for connection in connections))
+    return sorted({c.warning for c in connections if c.warning})
+
+
+def check_connections(
+    server: Server, connections: Sequence[Connection], name: str | None = None
+) -> None:
+    """Raise BenchmarkError if any connection recorded an error, naming the first three; if
+    the server died, say that instead."""
+    errors = [f"connection {i}: {c.error}" for i, c in enumerate(connections) if c.error]
+    if errors:
+        server.check_alive()
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        name = server.name if name is None else name
+        raise BenchmarkError(f"{name}: {'; '.join(errors[:3])}{more}")
 
 
 @dataclass(frozen=True)
@@ -617,12 +820,11 @@ class Run:
 
     @staticmethod
     def total(runs: Sequence[Run]) -> Run:
-        server_cpus = [run.server_cpu for run in runs]
         return Run(
             sum(run.messages for run in runs),
             sum(run.seconds for run in runs),
             sum(run.client_cpu for run in runs),
-            None if None in server_cpus else sum(cpu or 0.0 for cpu in server_cpus),
+            sum_or_none(run.server_cpu for run in runs),
         )
 
     def to_json(self, size: int) -> dict[str, Any]:
@@ -681,11 +883,7 @@ class Pool:
         return pool
 
     def check(self) -> None:
-        errors = [f"connection {i}: {c.error}" for i, c in enumerate(self.clients) if c.error]
-        if errors:
-            self.server.check_alive()
-            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise BenchmarkError(f"{self.server.name}: {'; '.join(errors[:3])}{more}")
+        check_connections(self.server, self.clients)
 
     async def warm_up(self, seconds: float, grace: float) -> None:
         for client in self.clients:
@@ -720,8 +918,7 @@ class Pool:
             raise BenchmarkError(f"{self.server.name}: {stalled} connections got no echo at all")
 
     async def close(self, grace: float) -> list[str]:
-        await asyncio.gather(*(client.close(grace) for client in self.clients))
-        return sorted({client.warning for client in self.clients if client.warning})
+        return await close_all(self.clients, grace)
 
 
 @dataclass
@@ -753,19 +950,11 @@ class CaseResult:
 
     def slice_ratios(self) -> list[float]:
         """Ratios of the slices that ran back to back, over all repetitions."""
-        return [
-            ours.rate / peer.rate
-            for ours_slices, peer_slices in zip(self.slices[OURS], self.slices[PEER], strict=True)
-            for ours, peer in zip(ours_slices, peer_slices, strict=True)
-        ]
+        return slice_ratios(self.slices[OURS], self.slices[PEER])
 
     def slice_spread(self) -> tuple[float, float]:
         """The interquartile range of the back-to-back slice ratios."""
-        ratios = self.slice_ratios()
-        if len(ratios) < 2:
-            return ratios[0], ratios[0]
-        quartiles = statistics.quantiles(ratios, n=4)
-        return quartiles[0], quartiles[2]
+        return quartile_range(self.slice_ratios())
 
     def client_load(self) -> float:
         return max(run.client_load for name in self.slices for run in self.runs(name))
@@ -815,12 +1004,11 @@ async def run_case(
             pools[name] = await Pool.open(servers[name], case, message, opts)
         for name in order:
             await pools[name].warm_up(opts.warmup, opts.timeout)
-        count = max(1, round(opts.duration / opts.slice))
-        slices: dict[str, list[Run]] = {name: [] for name in order}
-        for i in range(count):
-            for name in order if i % 2 == 0 else reversed(order):
-                run = await pools[name].measure(opts.duration / count, opts.timeout)
-                slices[name].append(run)
+        count = slice_count(opts.duration, opts.slice)
+        seconds = opts.duration / count
+        slices = await alternate(
+            pools, first, count, lambda pool: pool.measure(seconds, opts.timeout)
+        )
         for pool in pools.values():
             pool.check_all_served()
     finally:
@@ -878,32 +1066,88 @@ async def run_all(
 
     results = [CaseResult(case) for case in cases]
     warnings: list[str] = []
-    done = 0
-    for rep in range(repeat):
-        for index, result in enumerate(results):
-            case = result.case
-            first = OURS if (index + rep) % 2 == 0 else PEER
-            try:
-                slices, notes = await run_case(
-                    servers, case, messages[case.kind, case.size], opts, first
-                )
-            except BenchmarkError as exc:
-                raise BenchmarkError(f"{case.label}: {exc}") from exc
-            warnings.extend(notes)
-            for name, runs in slices.items():
-                result.slices[name].append(runs)
-            done += 1
-            ours, peer = Run.total(slices[OURS]), Run.total(slices[PEER])
-            log(
-                f"[{done}/{repeat * len(cases)}] {case.label:<20}"
-                f" {OURS} {ours.rate:>9,.0f}  {PEER} {peer.rate:>9,.0f} msg/s"
-                f"  ratio {ours.rate / peer.rate:.2f}"
-                f"  client CPU {max(ours.client_load, peer.client_load):.0%}"
+    for done, result, first in rounds(results, repeat, (OURS, PEER)):
+        case = result.case
+        try:
+            slices, notes = await run_case(
+                servers, case, messages[case.kind, case.size], opts, first
             )
+        except BenchmarkError as exc:
+            raise BenchmarkError(f"{case.label}: {exc}") from exc
+        warnings.extend(notes)
+        for name, runs in slices.items():
+            result.slices[name].append(runs)
+        ours, peer = Run.total(slices[OURS]), Run.total(slices[PEER])
+        log(
+            f"[{done}/{repeat * len(cases)}] {case.label:<20}"
+            f" {OURS} {ours.rate:>9,.0f}  {PEER} {peer.rate:>9,.0f} msg/s"
+            f"  ratio {ours.rate / peer.rate:.2f}"
+            f"  client CPU {max(ours.client_load, peer.client_load):.0%}"
+        )
     return results, warnings
 
 
 # --- command line --------------------------------------------------------------------------
+
+# Options that mean the same in every benchmark: parser.add_argument(name, **OPTION).
+STARTUP_TIMEOUT_OPTION: dict[str, Any] = {
+    "type": float,
+    "default": 15.0,
+    "help": "seconds a server may take to accept connections (default 15)",
+}
+JSON_OPTION: dict[str, Any] = {
+    "action": "store_true",
+    "help": "print JSON on stdout instead of the table",
+}
+# The notes under a table for the columns that every benchmark has.
+SLICE_IQR_NOTE = (
+    "slice IQR: interquartile range of the ratios of slices run back to back: the noise to expect"
+)
+CLIENT_CPU_NOTE = (
+    "client CPU: the load client's share of one core; * marks a case it may have limited"
+)
+
+
+def exit_on_sigterm() -> None:
+    """Make SIGTERM raise SystemExit, so that every server is stopped on the way out."""
+
+    def interrupted(signum: int, frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, interrupted)
+
+
+def exit_status(exc: BenchmarkError | KeyboardInterrupt) -> int:
+    """Say why the run stopped; the exit status for it (1 for an error, 130 for Ctrl-C)."""
+    if isinstance(exc, KeyboardInterrupt):
+        log("interrupted")
+        return 130
+    log(f"error: {exc}")
+    return 1
+
+
+def format_table(rows: Sequence[Sequence[str]], right: Container[int] | None = None) -> str:
+    """``rows`` (the header first) in aligned columns, with a rule under the header; the
+    columns in ``right`` are right-aligned, by default all but the first."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [
+        "  ".join(
+            cell.rjust(width) if (i > 0 if right is None else i in right) else cell.ljust(width)
+            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
+        ).rstrip()
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def format_number(value: float | None, digits: int = 2) -> str:
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def format_client_load(load: float) -> str:
+    """The client CPU cell: its share of one core, marked when it may have been the limit."""
+    return f"{load:.0%}" + (" *" if load > CLIENT_BOUND_CPU else "")
 
 
 def format_size(size: int) -> str:
@@ -1006,12 +1250,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=10.0,
         help="limit for connecting, checking and closing, seconds (default 10)",
     )
-    parser.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=15.0,
-        help="seconds a server may take to accept connections (default 15)",
-    )
+    parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
     parser.add_argument(
         "--ours-cmd",
         default=DEFAULT_OURS_CMD,
@@ -1027,9 +1266,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="pin this client to CPU 0 and both servers to CPU 1 (for a quiet machine only)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON on stdout instead of the table"
-    )
+    parser.add_argument("--json", **JSON_OPTION)
     args = parser.parse_args(argv)
     for name in ("window", "repeat"):
         if getattr(args, name) < 1:
@@ -1053,8 +1290,6 @@ def render_table(results: Sequence[CaseResult]) -> str:
     )
     rows = [header]
     for result in results:
-        cpu_ratio = result.cpu_ratio()
-        load = result.client_load()
         low, high = result.slice_spread()
         rows.append(
             (
@@ -1063,27 +1298,39 @@ def render_table(results: Sequence[CaseResult]) -> str:
                 f"{result.rate(PEER):,.0f}",
                 f"{result.ratio():.2f}",
                 f"{low:.2f}-{high:.2f}",
-                "n/a" if cpu_ratio is None else f"{cpu_ratio:.2f}",
-                f"{load:.0%}" + (" *" if load > CLIENT_BOUND_CPU else ""),
+                format_number(result.cpu_ratio()),
+                format_client_load(result.client_load()),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return format_table(rows)
 
 
 TABLE_NOTES = f"""\
 ratio: {OURS} msg/s / {PEER} msg/s, > 1 when {OURS} is faster (median over repetitions)
-slice IQR: interquartile range of the ratios of slices run back to back: the noise to expect
+{SLICE_IQR_NOTE}
 ratio/CPU: the same ratio for messages per second of each server process's own CPU time
-client CPU: the load client's share of one core; * marks a case it may have limited"""
+{CLIENT_CPU_NOTE}"""
+
+
+def json_report(
+    env: dict[str, Any],
+    config: dict[str, Any],
+    servers: Mapping[str, Server],
+    logs: Mapping[str, str],
+    cases: list[dict[str, Any]],
+    warnings: list[str],
+) -> str:
+    """The JSON output of a comparison of two servers."""
+    report = {
+        "environment": env,
+        "config": config,
+        "servers": {
+            name: {"argv": server.argv, "log_tail": logs[name]} for name, server in servers.items()
+        },
+        "cases": cases,
+        "warnings": warnings,
+    }
+    return json.dumps(report, indent=2)
 
 
 def environment() -> dict[str, Any]:
@@ -1109,62 +1356,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         for kind in args.kinds
     ]
     opts = Options(args.window, args.duration, args.slice, args.warmup, args.prime, args.timeout)
-    slices = max(1, round(opts.duration / opts.slice))
+    slices = slice_count(opts.duration, opts.slice)
     per_case = 2 * (opts.duration + opts.warmup + slices * (SETTLE + 0.02) + 0.2)
     runs = len(cases) * args.repeat
     priming = 2 * len(args.sizes) * (opts.prime + 0.2 * len(args.kinds))
     log(f"{runs} cases to run, about {runs * per_case + priming:.0f} s")
 
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, interrupted)
+    exit_on_sigterm()
     if args.pin:
         os.sched_setaffinity(0, {0})
-    servers: dict[str, Server] = {}
+    commands = {OURS: args.ours_cmd, PEER: args.peer_cmd}
     try:
-        for name, template in ((OURS, args.ours_cmd), (PEER, args.peer_cmd)):
-            servers[name] = Server.start(
-                name, template, args.startup_timeout, 1 if args.pin else None
-            )
-            log(f"{name} server on port {servers[name].port}: {shlex.join(servers[name].argv)}")
-        results, warnings = asyncio.run(run_all(servers, cases, opts, args.repeat, args.seed))
-        server_logs = {name: server.log_tail() for name, server in servers.items()}
-    except BenchmarkError as exc:
-        log(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        for server in servers.values():
-            server.stop()
+        with started_servers(commands, args.startup_timeout, 1 if args.pin else None) as servers:
+            results, warnings = asyncio.run(run_all(servers, cases, opts, args.repeat, args.seed))
+            server_logs = {name: server.log_tail() for name, server in servers.items()}
+    except (BenchmarkError, KeyboardInterrupt) as exc:
+        return exit_status(exc)
 
-    for name, text in server_logs.items():
-        if any(word in text.lower() for word in TROUBLE_WORDS):
-            warnings.append(f"{name} server's log may show trouble; its last lines:\n{text}")
+    warnings += log_warnings(server_logs)
     if args.json:
-        report = {
-            "environment": environment(),
-            "config": {
-                "window": opts.window,
-                "duration_s": opts.duration,
-                "slice_s": opts.duration / slices,
-                "settle_s": SETTLE,
-                "warmup_s": opts.warmup,
-                "prime_s": opts.prime,
-                "repeat": args.repeat,
-                "seed": args.seed,
-                "pinned": args.pin,
-            },
-            "servers": {
-                name: {"argv": server.argv, "log_tail": server_logs[name]}
-                for name, server in servers.items()
-            },
-            "cases": [result.to_json() for result in results],
-            "warnings": warnings,
+        config = {
+            "window": opts.window,
+            "duration_s": opts.duration,
+            "slice_s": opts.duration / slices,
+            "settle_s": SETTLE,
+            "warmup_s": opts.warmup,
+            "prime_s": opts.prime,
+            "repeat": args.repeat,
+            "seed": args.seed,
+            "pinned": args.pin,
         }
-        print(json.dumps(report, indent=2))
+        cases_json = [result.to_json() for result in results]
+        print(json_report(environment(), config, servers, server_logs, cases_json, warnings))
     else:
         env = environment()
         print(

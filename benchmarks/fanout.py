@@ -28,45 +28,59 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import hashlib
 import json
 import os
 import random
 import resource
 import shlex
-import signal
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, cast
+from typing import Any
 
 from echo import (
+    CLIENT_BOUND_CPU,
+    CLIENT_CPU_NOTE,
     HOST,
-    MAX_HANDSHAKE_RESPONSE,
-    OP_CLOSE,
-    OP_PING,
-    OP_PONG,
+    JSON_OPTION,
     OP_TEXT,
     REPO_ROOT,
-    TROUBLE_WORDS,
-    WS_GUID,
+    SETTLE,
+    SLICE_IQR_NOTE,
+    STARTUP_TIMEOUT_OPTION,
     BenchmarkError,
+    Connection,
     ProtocolError,
     Server,
-    check_handshake_response,
+    alternate,
+    check_connections,
     client_frame,
-    close_frame,
+    close_all,
     csv_of,
     environment,
+    exit_on_sigterm,
+    exit_status,
+    format_client_load,
+    format_number,
     format_size,
+    format_table,
+    json_report,
     log,
+    log_warnings,
+    median_or_none,
     parse_size,
+    quartile_range,
+    rounds,
+    script_command,
+    slice_count,
+    slice_ratios,
+    started_servers,
+    stat_cpu_seconds,
+    sum_or_none,
 )
 
 HUB = "hub"
@@ -76,9 +90,7 @@ DEFAULT_HUB_CMD = (
     "{bin}/hub-server --host {host} --port {port} --ping-interval 60"
     " --outbox-messages 100000 --outbox-bytes 100000000"
 )
-DEFAULT_NAIVE_CMD = (
-    "{python} " + shlex.quote(str(NAIVE_SCRIPT)) + " --host {host} --port {port} --ping-interval 60"
-)
+DEFAULT_NAIVE_CMD = script_command(NAIVE_SCRIPT) + " --ping-interval 60"
 
 SUBPROTOCOL = "hub.v1.json"
 TOPIC = "bench"
@@ -94,49 +106,17 @@ TS_SEARCH = 160
 MSG_FIELDS = ("op", "topic", "sub", "data", "offset", "epoch")
 FIRST_TEXT = 0x80 | OP_TEXT  # an unfragmented text frame, no RSV bits
 
-# Seconds a server gets to fill its pipeline after a pause, before a timed slice starts.
-SETTLE = 0.05
 # Subscribers are connected this many at a time (listen backlogs are about 100).
 CONNECT_BATCH = 100
 # How often a drain checks whether every delivery arrived, seconds.
 POLL = 0.001
-# A case is flagged as possibly limited by the load client above this share of one core.
-CLIENT_BOUND_CPU = 0.9
 # A paced slice is flagged when a publication went out this late (ns) against its schedule.
 PACE_SLIP_NS = 5_000_000
 
 FULL, COUNT, TIME = 0, 1, 2  # what a subscriber does with each msg frame
 
 
-# --- handshake and frames -------------------------------------------------------------------
-
-
-def handshake_request(port: int) -> tuple[bytes, str]:
-    """An upgrade request offering ``hub.v1.json`` and the ``Sec-WebSocket-Accept`` it needs."""
-    key = base64.b64encode(os.urandom(16)).decode()
-    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-    request = (
-        "GET / HTTP/1.1\r\n"
-        f"Host: {HOST}:{port}\r\n"
-        "Upgrade: websocket\r\n"
-        "Connection: Upgrade\r\n"
-        f"Sec-WebSocket-Key: {key}\r\n"
-        "Sec-WebSocket-Version: 13\r\n"
-        f"Sec-WebSocket-Protocol: {SUBPROTOCOL}\r\n"
-        "\r\n"
-    )
-    return request.encode(), accept
-
-
-def check_response(head: bytes, accept: str) -> None:
-    check_handshake_response(head, accept)
-    for line in head.decode("latin-1").split("\r\n")[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "sec-websocket-protocol":
-            if value.strip() != SUBPROTOCOL:
-                raise ProtocolError(f"server chose subprotocol {value.strip()!r}")
-            return
-    raise ProtocolError(f"server did not accept subprotocol {SUBPROTOCOL}")
+# --- frames ---------------------------------------------------------------------------------
 
 
 def make_filler(size: int) -> bytes:
@@ -161,90 +141,45 @@ def timestamp_of(payload: bytes) -> int:
     return int(data[:TS_DIGITS])
 
 
+def json_object(payload: bytes) -> dict[str, Any]:
+    """A text frame's JSON object, or ProtocolError."""
+    try:
+        message = json.loads(payload)
+    except ValueError as exc:
+        raise ProtocolError(f"invalid JSON from the server: {exc}") from None
+    if not isinstance(message, dict):
+        raise ProtocolError(f"not a JSON object: {payload[:80]!r}")
+    return message
+
+
+def check_sub_ok(ok: dict[str, Any]) -> tuple[int, str]:
+    """The topic's offset and epoch from the ``ok`` to a ``sub``, or ProtocolError."""
+    offset, epoch = ok.get("offset"), ok.get("epoch")
+    if not isinstance(offset, int) or not isinstance(epoch, str):
+        raise ProtocolError(f"sub ok without offset and epoch: {ok}")
+    return offset, epoch
+
+
 # --- connections ----------------------------------------------------------------------------
 
 
-class Endpoint(asyncio.Protocol):
+class Endpoint(Connection):
     """One client connection: upgrade with ``hub.v1.json``, then decode every text frame."""
 
     def __init__(self, port: int, key: bytes) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.error: str | None = None
-        self.warning: str | None = None
-        self.opened: asyncio.Future[None] = self._loop.create_future()
+        super().__init__(port, key, SUBPROTOCOL)
         self.welcomed: asyncio.Future[dict[str, Any]] = self._loop.create_future()
-        self.closed: asyncio.Future[None] = self._loop.create_future()
-        self._request, self._accept = handshake_request(port)
-        self._key = key
-        self._transport: asyncio.Transport | None = None
-        self._head = bytearray()
-        self._open = False
-        self._close_sent = False
         self._pending = b""  # an incomplete frame from the last read
 
-    # asyncio.Protocol callbacks
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        if self._open:
-            self._feed(data)
-        else:
-            self._handshake(data)
-
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._close_sent and self.error is None:
-            self.error = f"connection lost: {exc or 'closed by the server'}"
-        for future in (self.opened, self.closed):
-            if not future.done():
-                future.set_result(None)
+        super().connection_lost(exc)
         if not self.welcomed.done():
             self.welcomed.set_exception(ProtocolError(self.error or "closed before welcome"))
-
-    # sending and closing
 
     def send_text(self, text: bytes) -> None:
         self.write(client_frame(OP_TEXT, text, self._key))
 
-    def write(self, frames: bytes) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(frames)
-
-    async def close(self, grace: float) -> None:
-        """The closing handshake, waiting for the server to end the TCP connection."""
-        transport = self._transport
-        if transport is None or self.closed.done():
-            return
-        self._close_sent = True
-        transport.write(close_frame(self._key))
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), grace)
-        except TimeoutError:
-            self.warning = self.warning or "server did not close TCP after the closing handshake"
-            transport.abort()
-
     # incoming bytes
-
-    def _handshake(self, data: bytes) -> None:
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
-                self._fail("handshake response too long")
-            return
-        rest = bytes(self._head[end + 4 :])
-        try:
-            check_response(bytes(self._head[:end]), self._accept)
-        except ProtocolError as exc:
-            self._fail(str(exc))
-            return
-        self._open = True
-        self._head.clear()
-        self.opened.set_result(None)
-        if rest:
-            self._feed(rest)
 
     def _feed(self, data: bytes) -> None:
         """Split ``data`` into frames; decode each text frame with :meth:`_message`."""
@@ -291,27 +226,13 @@ class Endpoint(asyncio.Protocol):
         """A frame that is not an unfragmented text frame: control frames only."""
         if first & 0xF0 != 0x80 or not first & 0x08:
             raise ProtocolError(f"unexpected frame (first byte {first:#04x}): hub.v1.json")
-        opcode = first & 0x0F
         if len(payload) > 125:
             raise ProtocolError("control frame longer than 125 bytes")
-        if opcode == OP_PING:
-            self.write(client_frame(OP_PONG, payload, self._key))
-        elif opcode == OP_CLOSE:
-            if not self._close_sent:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                reason = payload[2:].decode(errors="replace")
-                raise ProtocolError(f"the server closed the connection ({code} {reason})")
-        elif opcode != OP_PONG:
-            raise ProtocolError(f"unknown control opcode {opcode:#x}")
+        self._control(first, payload)
 
     def _message(self, payload: bytes, now: int) -> bool:
         """Decode and act on one text frame; return whether it was a ``msg``."""
-        try:
-            message = json.loads(payload)
-        except ValueError as exc:
-            raise ProtocolError(f"invalid JSON from the server: {exc}") from None
-        if not isinstance(message, dict):
-            raise ProtocolError(f"not a JSON object: {payload[:80]!r}")
+        message = json_object(payload)
         op = message.get("op")
         if op == "welcome":
             if self.welcomed.done():
@@ -326,12 +247,6 @@ class Endpoint(asyncio.Protocol):
 
     def _reply(self, message: dict[str, Any], now: int) -> bool:
         raise ProtocolError(f"unexpected frame {json.dumps(message)[:200]}")
-
-    def _fail(self, reason: str) -> None:
-        if self.error is None:
-            self.error = reason
-        if self._transport is not None:
-            self._transport.abort()
 
 
 class Subscriber(Endpoint):
@@ -353,11 +268,7 @@ class Subscriber(Endpoint):
     async def subscribe(self) -> None:
         self._subscribed = self._loop.create_future()
         self.send_text(json.dumps({"op": "sub", "topic": TOPIC, "id": 1}).encode())
-        ok = await self._subscribed
-        offset, epoch = ok.get("offset"), ok.get("epoch")
-        if not isinstance(offset, int) or not isinstance(epoch, str):
-            raise ProtocolError(f"sub ok without offset and epoch: {ok}")
-        self.base_offset, self.epoch = offset, epoch
+        self.base_offset, self.epoch = check_sub_ok(await self._subscribed)
 
     def _reply(self, message: dict[str, Any], now: int) -> bool:
         op = message.get("op")
@@ -464,22 +375,13 @@ def cpu_seconds(pid: int) -> float | None:
         return total / 1e9
     except (OSError, ValueError, IndexError):
         pass
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat.rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(pid)
 
 
 def user_cpu_seconds(pid: int) -> float | None:
     """User-mode CPU time of ``pid`` (clock ticks): the Python side, without the kernel's
     share of socket writes (which on loopback also pays for the receiver's TCP input)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[11]) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(pid, user_only=True)
 
 
 def fill_template(template: str) -> str:
@@ -503,17 +405,26 @@ def source_version() -> str | None:
     return done.stdout.strip() or None
 
 
-def raise_file_limit(needed: int) -> None:
+def raise_file_limit(needed: int, hint: str = "") -> None:
+    """Raise the soft RLIMIT_NOFILE (the servers inherit it) to ``needed``, if allowed; else
+    BenchmarkError, ending with ``hint``."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft >= needed:
+    if soft == resource.RLIM_INFINITY or soft >= needed:
         return
     if hard != resource.RLIM_INFINITY and hard < needed:
-        raise BenchmarkError(f"need {needed} file descriptors, the hard limit is {hard}")
+        raise BenchmarkError(f"need {needed} file descriptors, the hard limit is {hard}{hint}")
     resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
     log(f"raised RLIMIT_NOFILE from {soft} to {needed}")
 
 
 # --- measurement ----------------------------------------------------------------------------
+
+
+def per_million(numerator: float | None, denominator: int) -> float | None:
+    """Microseconds per unit: CPU seconds over a count, or None."""
+    if numerator is None or not denominator:
+        return None
+    return numerator / denominator * 1e6
 
 
 @dataclass(frozen=True)
@@ -540,30 +451,24 @@ class Run:
 
     @property
     def cpu_per_delivery_us(self) -> float | None:
-        if self.server_cpu is None or not self.deliveries:
-            return None
-        return self.server_cpu / self.deliveries * 1e6
+        return per_million(self.server_cpu, self.deliveries)
 
     @property
     def user_per_delivery_us(self) -> float | None:
-        if self.server_user is None or not self.deliveries:
-            return None
-        return self.server_user / self.deliveries * 1e6
+        return per_million(self.server_user, self.deliveries)
 
     @staticmethod
     def total(runs: Sequence[Run]) -> Run:
-        server_cpus = [run.server_cpu for run in runs]
-        server_users = [run.server_user for run in runs]
         return Run(
             sum(run.deliveries for run in runs),
             sum(run.publications for run in runs),
             sum(run.seconds for run in runs),
             sum(run.client_cpu for run in runs),
-            None if None in server_cpus else sum(cpu or 0.0 for cpu in server_cpus),
+            sum_or_none(run.server_cpu for run in runs),
             sum(run.backlog for run in runs),
             sum(run.reads for run in runs),
             max((run.late_ns for run in runs), default=0),
-            None if None in server_users else sum(cpu or 0.0 for cpu in server_users),
+            sum_or_none(run.server_user for run in runs),
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -592,6 +497,18 @@ class Options:
     warmup: float
     timeout: float
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Options:
+        return cls(
+            args.subscribers,
+            args.window,
+            args.rate,
+            args.duration,
+            args.slice,
+            args.warmup,
+            args.timeout,
+        )
+
 
 class Pool:
     """One server's subscribers and publisher, loaded only while measuring or warming up."""
@@ -607,6 +524,10 @@ class Pool:
         ]
         self.designated = self.subscribers[0]
         self.publisher = Publisher(server.port, self._key)
+        # Every connection with the port it connects to, the publisher first.
+        self.ports: list[tuple[Endpoint, int]] = [
+            (endpoint, server.port) for endpoint in (self.publisher, *self.subscribers)
+        ]
         self.filler = b""
         self.published = 0
         self.delivered = 0  # msg frames received by all subscribers
@@ -619,10 +540,14 @@ class Pool:
     def name(self) -> str:
         return self.server.name
 
-    async def open(self) -> None:
-        port = self.server.port
+    def servers(self) -> list[Server]:
+        return [self.server]
 
-        async def connect(endpoint: Endpoint) -> None:
+    async def connect(self) -> None:
+        """Connect every endpoint in ``ports``, CONNECT_BATCH at a time: each waits for its
+        welcome, and the subscribers subscribe."""
+
+        async def connect(endpoint: Endpoint, port: int) -> None:
             await self._loop.create_connection(lambda: endpoint, HOST, port)
             await endpoint.opened
             if endpoint.error:
@@ -631,29 +556,30 @@ class Pool:
             if isinstance(endpoint, Subscriber):
                 await endpoint.subscribe()
 
-        endpoints: list[Endpoint] = [self.publisher, *self.subscribers]
         try:
             async with asyncio.timeout(self.opts.timeout):
-                for i in range(0, len(endpoints), CONNECT_BATCH):
-                    batch = endpoints[i : i + CONNECT_BATCH]
-                    await asyncio.gather(*(connect(endpoint) for endpoint in batch))
+                for i in range(0, len(self.ports), CONNECT_BATCH):
+                    batch = self.ports[i : i + CONNECT_BATCH]
+                    await asyncio.gather(*(connect(endpoint, port) for endpoint, port in batch))
         except (OSError, TimeoutError, ProtocolError) as exc:
-            self.server.check_alive()
+            self.check_alive()
             self.check()
             n = len(self.subscribers)
             raise BenchmarkError(f"{self.name}: cannot open and subscribe {n}: {exc!r}") from exc
         self.check()
+
+    async def open(self) -> None:
+        await self.connect()
         epochs = {subscriber.epoch for subscriber in self.subscribers}
         if len(epochs) != 1:
             raise BenchmarkError(f"{self.name}: subscribers got different epochs: {epochs}")
 
+    def check_alive(self) -> None:
+        for server in self.servers():
+            server.check_alive()
+
     def check(self) -> None:
-        endpoints: list[Endpoint] = [self.publisher, *self.subscribers]
-        errors = [f"connection {i}: {e.error}" for i, e in enumerate(endpoints) if e.error]
-        if errors:
-            self.server.check_alive()
-            more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-            raise BenchmarkError(f"{self.name}: {'; '.join(errors[:3])}{more}")
+        check_connections(self.server, [self.publisher, *self.subscribers], self.name)
 
     def set_mode(self, mode: int) -> None:
         for subscriber in self.subscribers:
@@ -779,9 +705,7 @@ class Pool:
         )
 
     async def close(self, grace: float) -> list[str]:
-        endpoints: list[Endpoint] = [self.publisher, *self.subscribers]
-        await asyncio.gather(*(endpoint.close(grace) for endpoint in endpoints))
-        return sorted({e.warning for e in endpoints if e.warning})
+        return await close_all([self.publisher, *self.subscribers], grace)
 
 
 @dataclass
@@ -806,34 +730,21 @@ class CaseResult:
         return statistics.median(run.rate for run in self.runs(name))
 
     def cpu_us(self, name: str, paced: bool = False, *, user: bool = False) -> float | None:
-        values = [
-            run.user_per_delivery_us if user else run.cpu_per_delivery_us
-            for run in self.runs(name, paced)
-        ]
-        if any(value is None for value in values):
-            return None
-        return statistics.median(value or 0.0 for value in values)
+        return median_or_none(
+            [
+                run.user_per_delivery_us if user else run.cpu_per_delivery_us
+                for run in self.runs(name, paced)
+            ]
+        )
 
-    def ratio(self) -> float:
-        pairs = zip(self.runs(HUB), self.runs(NAIVE), strict=True)
-        return statistics.median(hub.rate / naive.rate for hub, naive in pairs)
+    def ratio(self, ours: str = HUB, theirs: str = NAIVE) -> float:
+        """Median over repetitions of ours / theirs deliveries per second at saturation."""
+        pairs = zip(self.runs(ours), self.runs(theirs), strict=True)
+        return statistics.median(our.rate / their.rate for our, their in pairs)
 
-    def slice_ratios(self) -> list[float]:
-        return [
-            hub.rate / naive.rate
-            for hub_slices, naive_slices in zip(
-                self.saturated[HUB], self.saturated[NAIVE], strict=True
-            )
-            for hub, naive in zip(hub_slices, naive_slices, strict=True)
-            if naive.rate
-        ]
-
-    def slice_spread(self) -> tuple[float, float]:
-        ratios = self.slice_ratios()
-        if len(ratios) < 2:
-            return (ratios[0], ratios[0]) if ratios else (float("nan"), float("nan"))
-        quartiles = statistics.quantiles(ratios, n=4)
-        return quartiles[0], quartiles[2]
+    def slice_spread(self, ours: str = HUB, theirs: str = NAIVE) -> tuple[float, float]:
+        """The interquartile range of the back-to-back saturated slices' ratios."""
+        return quartile_range(slice_ratios(self.saturated[ours], self.saturated[theirs]))
 
     def percentiles_ms(self, name: str, saturated: bool = False) -> dict[str, float] | None:
         samples = sorted((self.saturated_latency if saturated else self.latency)[name])
@@ -847,8 +758,20 @@ class CaseResult:
 
     def client_load(self, name: str | None = None) -> float:
         """The load client's highest share of one core over a repetition's saturated slices."""
-        names = (HUB, NAIVE) if name is None else (name,)
+        names = self.saturated if name is None else (name,)
         return max(run.client_load for name in names for run in self.runs(name))
+
+    def late_warnings(self) -> list[str]:
+        """A warning for each server on which a paced publication went out too late."""
+        warnings = []
+        for name, repetitions in self.paced.items():
+            late = max(run.late_ns for slices in repetitions for run in slices)
+            if late > PACE_SLIP_NS:
+                warnings.append(
+                    f"{self.label} paced on {name}: a publication went out {late / 1e6:.1f} ms"
+                    " late (the client was busy); lower --rate"
+                )
+        return warnings
 
     def to_json(self) -> dict[str, Any]:
         servers = {}
@@ -881,18 +804,6 @@ class CaseResult:
         }
 
 
-async def alternate(
-    pools: dict[str, Pool], first: str, count: int, measure: Callable[[Pool], Awaitable[Run]]
-) -> dict[str, list[Run]]:
-    """Run ``count`` slices on each pool in ABBA order, ``first`` first."""
-    order = [first, *(name for name in pools if name != first)]
-    slices: dict[str, list[Run]] = {name: [] for name in order}
-    for i in range(count):
-        for name in order if i % 2 == 0 else reversed(order):
-            slices[name].append(await measure(pools[name]))
-    return slices
-
-
 async def run_case(
     pools: dict[str, Pool], result: CaseResult, opts: Options, first: str
 ) -> dict[str, tuple[Run, Run]]:
@@ -901,7 +812,7 @@ async def run_case(
         await pool.verify(filler)
     for pool in pools.values():
         await pool.saturate(opts.warmup)
-    count = max(1, round(opts.duration / opts.slice))
+    count = slice_count(opts.duration, opts.slice)
     seconds = opts.duration / count
     for pool in pools.values():
         pool.designated_latency = []
@@ -920,6 +831,22 @@ async def run_case(
     return summary
 
 
+async def final_check(pools: Iterable[Pool]) -> None:
+    """Every subscriber decodes and checks publications: offsets show nothing was lost."""
+    for pool in pools:
+        await pool.verify(pool.filler)
+    log("final check passed: every subscriber got every publication, in order")
+
+
+async def close_pools(pools: Iterable[Pool], grace: float) -> list[str]:
+    """Close every connection of every pool; the warnings from closing them."""
+    warnings: list[str] = []
+    for pool in pools:
+        notes = await pool.close(grace)
+        warnings.extend(f"{pool.name}: {note}" for note in notes)
+    return warnings
+
+
 async def run_all(
     servers: dict[str, Server], sizes: Sequence[int], opts: Options, repeat: int, seed: int
 ) -> tuple[list[CaseResult], list[str]]:
@@ -936,41 +863,48 @@ async def run_all(
                 f"{name}: {opts.subscribers} subscribers and a publisher connected and subscribed"
                 f" in {time.perf_counter() - started:.1f} s"
             )
-        done = 0
-        for rep in range(repeat):
-            for index, result in enumerate(results):
-                first = HUB if (index + rep) % 2 == 0 else NAIVE
-                try:
-                    summary = await run_case(pools, result, opts, first)
-                except BenchmarkError as exc:
-                    raise BenchmarkError(f"{result.label}: {exc}") from exc
-                done += 1
-                hub, naive = summary[HUB][0], summary[NAIVE][0]
-                load = max(run.client_load for pair in summary.values() for run in pair)
-                log(
-                    f"[{done}/{repeat * len(results)}] {result.label:<12}"
-                    f" {HUB} {hub.rate:>9,.0f}  {NAIVE} {naive.rate:>9,.0f} deliveries/s"
-                    f"  ratio {hub.rate / naive.rate:.2f}  client CPU {load:.0%}"
-                )
-        for pool in pools.values():
-            await pool.verify(pool.filler)  # every subscriber: offsets show nothing was lost
-        log("final check passed: every subscriber got every publication, in order")
+        for done, result, first in rounds(results, repeat, (HUB, NAIVE)):
+            try:
+                summary = await run_case(pools, result, opts, first)
+            except BenchmarkError as exc:
+                raise BenchmarkError(f"{result.label}: {exc}") from exc
+            hub, naive = summary[HUB][0], summary[NAIVE][0]
+            load = max(run.client_load for pair in summary.values() for run in pair)
+            log(
+                f"[{done}/{repeat * len(results)}] {result.label:<12}"
+                f" {HUB} {hub.rate:>9,.0f}  {NAIVE} {naive.rate:>9,.0f} deliveries/s"
+                f"  ratio {hub.rate / naive.rate:.2f}  client CPU {load:.0%}"
+            )
+        await final_check(pools.values())
     finally:
-        for name, pool in pools.items():
-            notes = await pool.close(opts.timeout)
-            warnings.extend(f"{name}: {note}" for note in notes)
+        warnings += await close_pools(pools.values(), opts.timeout)
     for result in results:
-        for name in (HUB, NAIVE):
-            late = max(run.late_ns for slices in result.paced[name] for run in slices)
-            if late > PACE_SLIP_NS:
-                warnings.append(
-                    f"{result.label} paced on {name}: a publication went out {late / 1e6:.1f} ms"
-                    " late (the client was busy); lower --rate"
-                )
+        warnings += result.late_warnings()
     return results, warnings
 
 
 # --- command line ---------------------------------------------------------------------------
+
+# Options that mean the same here and in cluster.py: parser.add_argument(name, **OPTION).
+SIZES_OPTION: dict[str, Any] = {
+    "type": csv_of(parse_size),
+    "default": [64, 1024],
+    "help": f"payload sizes (the data string), at least {MIN_SIZE}; default 64,1KiB",
+}
+RATE_OPTION: dict[str, Any] = {
+    "type": float,
+    "default": 20.0,
+    "help": "paced: publications per second (default 20)",
+}
+SEED_OPTION: dict[str, Any] = {"type": int, "default": 6455, "help": "seed for the mask keys"}
+
+
+def check_load_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Exit with a usage error for payload sizes or times that cannot be measured."""
+    if any(size < MIN_SIZE or size > 2**20 for size in args.sizes):
+        parser.error(f"--sizes must be within {MIN_SIZE}..{2**20}")
+    if args.duration <= 0 or args.slice <= 0 or args.warmup < 0 or args.rate <= 0:
+        parser.error("--duration, --slice and --rate must be positive, --warmup not negative")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -982,24 +916,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--subscribers", type=int, default=1000, help="subscriber connections (default 1000)"
     )
-    parser.add_argument(
-        "--sizes",
-        type=csv_of(parse_size),
-        default=[64, 1024],
-        help=f"payload sizes (the data string), at least {MIN_SIZE}; default 64,1KiB",
-    )
+    parser.add_argument("--sizes", **SIZES_OPTION)
     parser.add_argument(
         "--window",
         type=int,
         default=8,
         help="saturation: publications outstanding at the designated subscriber (default 8)",
     )
-    parser.add_argument(
-        "--rate",
-        type=float,
-        default=20.0,
-        help="paced: publications per second (default 20)",
-    )
+    parser.add_argument("--rate", **RATE_OPTION)
     parser.add_argument(
         "--duration",
         type=float,
@@ -1024,19 +948,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=3,
         help="repetitions of every case; medians are reported (default 3)",
     )
-    parser.add_argument("--seed", type=int, default=6455, help="seed for the mask keys")
+    parser.add_argument("--seed", **SEED_OPTION)
     parser.add_argument(
         "--timeout",
         type=float,
         default=20.0,
         help="limit for connecting, draining and closing, seconds (default 20)",
     )
-    parser.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=15.0,
-        help="seconds a server may take to accept connections (default 15)",
-    )
+    parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
     parser.add_argument(
         "--hub-cmd",
         default=DEFAULT_HUB_CMD,
@@ -1047,17 +966,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_NAIVE_CMD,
         help="command for the naive hub (default: benchmarks/peers/naive_hub.py ...)",
     )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON on stdout instead of the table"
-    )
+    parser.add_argument("--json", **JSON_OPTION)
     args = parser.parse_args(argv)
     for name in ("subscribers", "window", "repeat"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
-    if any(size < MIN_SIZE or size > 2**20 for size in args.sizes):
-        parser.error(f"--sizes must be within {MIN_SIZE}..{2**20}")
-    if args.duration <= 0 or args.slice <= 0 or args.warmup < 0 or args.rate <= 0:
-        parser.error("--duration, --slice and --rate must be positive, --warmup not negative")
+    check_load_args(parser, args)
     return args
 
 
@@ -1077,21 +991,8 @@ def render_table(results: Sequence[CaseResult]) -> str:
         "client CPU",
     )
     rows = [header]
-
-    def cpu(value: float | None) -> str:
-        return "n/a" if value is None else f"{value:.2f}"
-
-    def paced_cpu(result: CaseResult) -> str:
-        values = [result.cpu_us(name, paced=True) for name in (HUB, NAIVE)]
-        return " / ".join(cpu(value) for value in values)
-
-    def latency(result: CaseResult, name: str) -> str:
-        p = result.percentiles_ms(name)
-        return "n/a" if p is None else f"{p['p50']:.2f} / {p['p99']:.2f}"
-
     for result in results:
         low, high = result.slice_spread()
-        load = result.client_load()
         rows.append(
             (
                 result.label,
@@ -1099,83 +1000,61 @@ def render_table(results: Sequence[CaseResult]) -> str:
                 f"{result.rate(NAIVE):,.0f}",
                 f"{result.ratio():.2f}",
                 f"{low:.2f}-{high:.2f}",
-                cpu(result.cpu_us(HUB)),
-                cpu(result.cpu_us(NAIVE)),
-                " / ".join(cpu(result.cpu_us(name, user=True)) for name in (HUB, NAIVE)),
-                latency(result, HUB),
-                latency(result, NAIVE),
-                paced_cpu(result),
-                f"{load:.0%}" + (" *" if load > CLIENT_BOUND_CPU else ""),
+                format_number(result.cpu_us(HUB)),
+                format_number(result.cpu_us(NAIVE)),
+                " / ".join(format_number(result.cpu_us(n, user=True)) for n in (HUB, NAIVE)),
+                format_latency(result.percentiles_ms(HUB)),
+                format_latency(result.percentiles_ms(NAIVE)),
+                " / ".join(format_number(result.cpu_us(n, paced=True)) for n in (HUB, NAIVE)),
+                format_client_load(result.client_load()),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.ljust(width) if i == 0 else cell.rjust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        )
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(lines)
+    return format_table(rows)
+
+
+def format_latency(percentiles: dict[str, float] | None) -> str:
+    """The p50 / p99 cell of a latency column, milliseconds."""
+    if percentiles is None:
+        return "n/a"
+    return f"{percentiles['p50']:.2f} / {percentiles['p99']:.2f}"
 
 
 def table_notes(opts: Options) -> str:
     return f"""\
 deliv/s: msg frames received across all subscribers per second at saturation (window {opts.window})
 ratio: {HUB} / {NAIVE} deliveries per second, > 1 when {HUB} is faster (median over repetitions)
-slice IQR: interquartile range of the ratios of slices run back to back: the noise to expect
+{SLICE_IQR_NOTE}
 us CPU/deliv: server process CPU time (all threads) per delivery at saturation, microseconds
 user part: {HUB} / {NAIVE} user-mode share of it (the rest is the kernel's socket writes)
 p50/p99 ms: delivery latency at {opts.rate:g} publications/s ({opts.rate * opts.subscribers:,.0f} \
 deliveries/s), all subscribers
 paced us CPU/deliv: {HUB} / {NAIVE} server CPU time per delivery in that paced run
-client CPU: the load client's share of one core; * marks a case it may have limited"""
+{CLIENT_CPU_NOTE}"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    opts = Options(
-        args.subscribers,
-        args.window,
-        args.rate,
-        args.duration,
-        args.slice,
-        args.warmup,
-        args.timeout,
-    )
-    slices = max(1, round(opts.duration / opts.slice))
+    opts = Options.from_args(args)
+    slices = slice_count(opts.duration, opts.slice)
     per_case = 2 * (2 * opts.duration + opts.warmup + slices * 2 * (SETTLE + 0.03) + 0.2)
     runs = len(args.sizes) * args.repeat
     connect = 2 * opts.subscribers / 500
     log(f"{runs} cases to run, about {runs * per_case + connect + 2:.0f} s")
 
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, interrupted)
-    servers: dict[str, Server] = {}
+    exit_on_sigterm()
+    commands = {HUB: fill_template(args.hub_cmd), NAIVE: fill_template(args.naive_cmd)}
     try:
         # Each connection is a descriptor here and one in its server (servers inherit this).
         raise_file_limit(2 * (opts.subscribers + 1) + 256)
-        for name, template in ((HUB, args.hub_cmd), (NAIVE, args.naive_cmd)):
-            servers[name] = Server.start(name, fill_template(template), args.startup_timeout, None)
-            log(f"{name} server on port {servers[name].port}: {shlex.join(servers[name].argv)}")
-        results, warnings = asyncio.run(run_all(servers, args.sizes, opts, args.repeat, args.seed))
-        server_logs = {name: server.log_tail() for name, server in servers.items()}
-    except BenchmarkError as exc:
-        log(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    finally:
-        for server in servers.values():
-            server.stop()
+        with started_servers(commands, args.startup_timeout) as servers:
+            results, warnings = asyncio.run(
+                run_all(servers, args.sizes, opts, args.repeat, args.seed)
+            )
+            server_logs = {name: server.log_tail() for name, server in servers.items()}
+    except (BenchmarkError, KeyboardInterrupt) as exc:
+        return exit_status(exc)
 
-    for name, text in server_logs.items():
-        if any(word in text.lower() for word in TROUBLE_WORDS):
-            warnings.append(f"{name} server's log may show trouble; its last lines:\n{text}")
+    warnings += log_warnings(server_logs)
     for result in results:
         for name in (HUB, NAIVE):
             if result.client_load(name) > CLIENT_BOUND_CPU:
@@ -1183,27 +1062,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"{result.label} on {name}: the load client may have been the limit"
                 )
     if args.json:
-        report = {
-            "environment": {**environment(), "source": source_version()},
-            "config": {
-                "subscribers": opts.subscribers,
-                "window": opts.window,
-                "paced_rate_per_s": opts.rate,
-                "duration_s": opts.duration,
-                "slice_s": opts.duration / slices,
-                "settle_s": SETTLE,
-                "warmup_s": opts.warmup,
-                "repeat": args.repeat,
-                "seed": args.seed,
-            },
-            "servers": {
-                name: {"argv": server.argv, "log_tail": server_logs[name]}
-                for name, server in servers.items()
-            },
-            "cases": [result.to_json() for result in results],
-            "warnings": warnings,
+        config = {
+            "subscribers": opts.subscribers,
+            "window": opts.window,
+            "paced_rate_per_s": opts.rate,
+            "duration_s": opts.duration,
+            "slice_s": opts.duration / slices,
+            "settle_s": SETTLE,
+            "warmup_s": opts.warmup,
+            "repeat": args.repeat,
+            "seed": args.seed,
         }
-        print(json.dumps(report, indent=2))
+        env = {**environment(), "source": source_version()}
+        cases_json = [result.to_json() for result in results]
+        print(json_report(env, config, servers, server_logs, cases_json, warnings))
     else:
         env = environment()
         print(

@@ -40,45 +40,55 @@ import asyncio
 import json
 import os
 import re
-import resource
-import shlex
-import signal
-import statistics
 import subprocess
 import sys
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import FrameType
-from typing import Any, Protocol, cast
+from typing import Any, Self
 
 from echo import (
     HOST,
+    JSON_OPTION,
     OP_BINARY,
-    OP_CLOSE,
     OP_CONT,
-    OP_PING,
-    OP_PONG,
     OP_TEXT,
+    OURS,
+    PEER,
     PEER_SCRIPT,
     REPO_ROOT,
-    TROUBLE_WORDS,
+    STARTUP_TIMEOUT_OPTION,
     BenchmarkError,
+    Connection,
     ProtocolError,
     Server,
+    check_connections,
+    check_subprotocol,
     client_frame,
-    close_frame,
+    close_all,
     environment,
-    handshake_request,
+    exit_on_sigterm,
+    exit_status,
+    format_number,
+    format_table,
+    log,
+    median_or_none,
+    response_headers,
+    script_command,
+    shows_trouble,
 )
-from fanout import NAIVE_SCRIPT, SUBPROTOCOL, fill_template, source_version
-from fanout import handshake_request as hub_handshake_request
+from fanout import (
+    NAIVE_SCRIPT,
+    SUBPROTOCOL,
+    check_sub_ok,
+    fill_template,
+    json_object,
+    raise_file_limit,
+    source_version,
+)
 
-OURS = "hub"
-PEER = "websockets"
 COMPRESSIONS = ("none", "deflate")
-MAX_HANDSHAKE_RESPONSE = 16 * 1024
 # The offer every client makes, letting the server choose the client's window.
 DEFLATE_OFFER = "permessage-deflate; client_max_window_bits"
 SYNC_TAIL = b"\x00\x00\xff\xff"
@@ -86,24 +96,10 @@ SYNC_TAIL = b"\x00\x00\xff\xff"
 BATCH = 100
 # Descriptors beyond one per connection, for the interpreter and the servers' own files.
 SPARE_FILES = 256
+FILE_LIMIT_HINT = ": use fewer --conns"
 
 
-# --- the idle client -----------------------------------------------------------------------
-
-
-def response_headers(head: bytes, accept: str) -> dict[str, str]:
-    """The headers of a handshake response (names lowercased), if it accepts the upgrade."""
-    status, *lines = head.decode("latin-1").split("\r\n")
-    if not status.startswith("HTTP/1.1 101"):
-        raise ProtocolError(f"upgrade refused: {status!r}")
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    if headers.get("sec-websocket-accept") != accept:
-        raise ProtocolError("wrong or missing Sec-WebSocket-Accept")
-    return headers
+# --- the clients ---------------------------------------------------------------------------
 
 
 def extension_params(header: str) -> dict[str, str | None] | None:
@@ -119,96 +115,59 @@ def extension_params(header: str) -> dict[str, str | None] | None:
     return None
 
 
-class IdleClient(asyncio.Protocol):
-    """Upgrade (offering permessage-deflate), send one text message, check its echo, then idle.
+class Client(Connection):
+    """A connection of this benchmark: whole frames, and permessage-deflate when negotiated.
 
-    Pings are answered. Anything else the server sends while idle, or the server closing the
-    connection, is recorded in ``error``.
+    Each frame is read whole; data frames are put together into messages of the opcodes in
+    ``OPCODES``, decompressed if the server set RSV1, and handed to :meth:`_message`. A subclass
+    sets ``deflate`` (the server's permessage-deflate parameters, None when declined) in
+    :meth:`_check_response`.
     """
 
-    def __init__(self, port: int, payload: bytes, key: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        self.echoed: asyncio.Future[None] = loop.create_future()
-        self.closed: asyncio.Future[None] = loop.create_future()
-        self.error: str | None = None
+    OPCODES: tuple[int, ...] = (OP_TEXT,)
+
+    def __init__(
+        self, port: int, key: bytes, subprotocol: str | None = None, offer_deflate: bool = False
+    ) -> None:
+        super().__init__(port, key, subprotocol, DEFLATE_OFFER if offer_deflate else None)
         self.deflate: dict[str, str | None] | None = None
-        request, self._accept = handshake_request(port)
-        # handshake_request ends with the blank line: add the offer before it.
-        self._request = request[:-2] + f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n\r\n".encode()
-        self._payload = payload
-        self._key = key
-        self._transport: asyncio.Transport | None = None
-        self._head = bytearray()
-        self._open = False
-        self._closing = False
         self._buffer = bytearray()
         self._fragments: list[bytes] = []
         self._compressed = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            if self._open:
-                self._buffer += data
-                self._frames()
-            else:
-                self._handshake(data)
-        except ProtocolError as exc:
-            self._fail(str(exc))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closing and self.error is None:
-            self.error = f"connection lost: {exc or 'closed by the server'}"
-        for future in (self.echoed, self.closed):
-            if not future.done():
-                future.set_result(None)
-
-    async def close(self, grace: float) -> None:
-        """Closing handshake; wait for the server to close TCP, abort after ``grace`` seconds."""
-        if self._transport is None or self.closed.done():
-            return
-        self._closing = True
-        self._transport.write(close_frame(self._key))
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), grace)
-        except TimeoutError:
-            self._transport.abort()
+        # When the server keeps its compression context, each message is inflated after all
+        # the earlier ones, from scratch: a few messages per connection, and no zlib state (32 KiB
+        # window) held per connection in this process.
+        self._inflate_input = b""
+        self._inflated = 0
 
     def abort(self) -> None:
-        self._closing = True
+        self._close_sent = True
         if self._transport is not None:
             self._transport.abort()
 
-    def _handshake(self, data: bytes) -> None:
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
-                raise ProtocolError("handshake response too long")
-            return
-        headers = response_headers(bytes(self._head[:end]), self._accept)
-        self.deflate = extension_params(headers.get("sec-websocket-extensions", ""))
-        self._open = True
-        self._buffer += self._head[end + 4 :]
-        self._head.clear()
-        self._send_message()
-        self._frames()
-
-    def _send_message(self) -> None:
+    def _send_text(self, text: bytes, smallest_window: int = 8) -> None:
+        """Send ``text`` as one text message, compressed (RSV1) when permessage-deflate was
+        negotiated: with a fresh compressor, whose output refers to nothing sent before, so it
+        is valid whatever the server remembers, and the window the server allows, but at least
+        2 ** ``smallest_window`` bytes."""
         assert self._transport is not None
         if self.deflate is None:
-            self._transport.write(client_frame(OP_TEXT, self._payload, self._key))
+            self._transport.write(client_frame(OP_TEXT, text, self._key))
             return
-        bits = self.deflate.get("client_max_window_bits") or "15"
-        compressor = zlib.compressobj(wbits=-int(bits))
-        data = compressor.compress(self._payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
+        bits = max(int(self.deflate.get("client_max_window_bits") or 15), smallest_window)
+        compressor = zlib.compressobj(wbits=-bits)
+        data = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
         if not data.endswith(SYNC_TAIL):
             raise ProtocolError("zlib did not end the message with a sync flush")
         frame = client_frame(OP_TEXT, data[: -len(SYNC_TAIL)], self._key)
         self._transport.write(bytes((frame[0] | 0x40,)) + frame[1:])  # RSV1: compressed
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self._buffer += data
+            self._frames()
+        except ProtocolError as exc:
+            self._fail(str(exc))
 
     def _frames(self) -> None:
         buffer = self._buffer
@@ -229,42 +188,80 @@ class IdleClient(asyncio.Protocol):
             self._frame(first, payload)
 
     def _frame(self, first: int, payload: bytes) -> None:
-        opcode, fin, rsv = first & 0x0F, bool(first & 0x80), first & 0x70
-        assert self._transport is not None
-        if opcode == OP_PING:
-            self._transport.write(client_frame(OP_PONG, payload, self._key))
+        if first & 0x08:
+            self._control(first, payload)
             return
-        if opcode == OP_PONG:
-            return
-        if opcode == OP_CLOSE:
-            if not self._closing:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                raise ProtocolError(f"the server closed the connection (code {code})")
-            return
-        if opcode not in (OP_TEXT, OP_BINARY, OP_CONT):
-            raise ProtocolError(f"unexpected opcode {opcode:#x}")
-        if self.echoed.done():
-            raise ProtocolError("a message from an echo server that was sent nothing")
-        if opcode != OP_CONT:
+        opcode, rsv = first & 0x0F, first & 0x70
+        if opcode in self.OPCODES:
+            if self._fragments:
+                raise ProtocolError("a new message before the last one ended")
             if rsv & ~0x40 or (rsv and self.deflate is None):
                 raise ProtocolError("RSV bits set that no extension allows")
             self._compressed = bool(rsv)
+        elif opcode != OP_CONT:
+            raise ProtocolError(f"unexpected opcode {opcode:#x}")
+        elif not self._fragments or rsv:
+            raise ProtocolError("an unexpected continuation frame")
         self._fragments.append(payload)
-        if not fin:
+        if not first & 0x80:
             return
         message = b"".join(self._fragments)
         self._fragments.clear()
-        if self._compressed:
-            message = zlib.decompressobj(wbits=-15).decompress(message + SYNC_TAIL)
-        if message != self._payload:
+        self._message(self._inflate(message) if self._compressed else message)
+
+    def _inflate(self, data: bytes) -> bytes:
+        assert self.deflate is not None
+        data += SYNC_TAIL
+        try:
+            if "server_no_context_takeover" in self.deflate:
+                return zlib.decompressobj(wbits=-15).decompress(data)
+            self._inflate_input += data
+            output = zlib.decompressobj(wbits=-15).decompress(self._inflate_input)
+        except zlib.error as exc:
+            raise ProtocolError(f"cannot decompress a message: {exc}") from None
+        message = output[self._inflated :]
+        self._inflated = len(output)
+        return message
+
+    def _message(self, payload: bytes) -> None:
+        """A whole (decompressed) data message."""
+        raise NotImplementedError
+
+
+class IdleClient(Client):
+    """Upgrade (offering permessage-deflate), send one text message, check its echo, then idle.
+
+    Pings are answered. Anything else the server sends while idle, or the server closing the
+    connection, is recorded in ``error``.
+    """
+
+    OPCODES = (OP_TEXT, OP_BINARY)
+
+    def __init__(self, port: int, payload: bytes, key: bytes) -> None:
+        super().__init__(port, key, offer_deflate=True)
+        self.echoed: asyncio.Future[None] = self._loop.create_future()
+        self._payload = payload
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.echoed.done():
+            self.echoed.set_result(None)
+
+    def _check_response(self, head: bytes) -> None:
+        """Take the server's permessage-deflate answer, then send the message."""
+        headers = response_headers(head, self._accept)
+        self.deflate = extension_params(headers.get("sec-websocket-extensions", ""))
+        self._send_text(self._payload)
+
+    def _frame(self, first: int, payload: bytes) -> None:
+        if not first & 0x08 and self.echoed.done():
+            raise ProtocolError("a message from an echo server that was sent nothing")
+        super()._frame(first, payload)
+
+    def _message(self, payload: bytes) -> None:
+        if payload != self._payload:
             raise ProtocolError("the echo differs from the message sent")
         self.echoed.set_result(None)
-
-    def _fail(self, reason: str) -> None:
-        if self.error is None:
-            self.error = reason
-        if self._transport is not None:
-            self._transport.abort()
 
 
 # --- measuring -----------------------------------------------------------------------------
@@ -296,6 +293,29 @@ class Measurement:
     anon_after: int | None
     open_seconds: float
 
+    @classmethod
+    def from_status(
+        cls,
+        conns: int,
+        started: dict[str, int],
+        before: dict[str, int],
+        after: dict[str, int],
+        open_seconds: float,
+        **more: Any,
+    ) -> Self:
+        """A run from the /proc/PID/status readings at the start, after the warm-up (the
+        baseline) and with the ``conns`` connections open; ``more`` for a subclass's fields."""
+        return cls(
+            conns=conns,
+            rss_started=started["VmRSS"],
+            rss_before=before["VmRSS"],
+            rss_after=after["VmRSS"],
+            anon_before=before.get("RssAnon"),
+            anon_after=after.get("RssAnon"),
+            open_seconds=open_seconds,
+            **more,
+        )
+
     @property
     def kib_per_conn(self) -> float:
         return (self.rss_after - self.rss_before) / self.conns
@@ -306,6 +326,13 @@ class Measurement:
             return None
         return (self.anon_after - self.anon_before) / self.conns
 
+    def to_json(self) -> dict[str, Any]:
+        return {
+            **asdict(self),
+            "kib_per_conn": self.kib_per_conn,
+            "anon_kib_per_conn": self.anon_kib_per_conn,
+        }
+
 
 @dataclass
 class Result:
@@ -314,7 +341,7 @@ class Result:
     error: str | None = None
 
     def kib_per_conn(self) -> float | None:
-        return statistics.median(m.kib_per_conn for m in self.runs) if self.runs else None
+        return median_or_none([m.kib_per_conn for m in self.runs])
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -324,14 +351,7 @@ class Result:
             "note": self.target.note or None,
             "error": self.error,
             "kib_per_conn": self.kib_per_conn(),
-            "runs": [
-                {
-                    **asdict(m),
-                    "kib_per_conn": m.kib_per_conn,
-                    "anon_kib_per_conn": m.anon_kib_per_conn,
-                }
-                for m in self.runs
-            ],
+            "runs": [m.to_json() for m in self.runs],
         }
 
 
@@ -403,11 +423,7 @@ async def open_clients(
 
 
 def check_clients(server: Server, clients: Sequence[IdleClient], expect_deflate: bool) -> None:
-    errors = [f"connection {i}: {c.error}" for i, c in enumerate(clients) if c.error]
-    if errors:
-        server.check_alive()
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise BenchmarkError(f"{server.name}: {'; '.join(errors[:3])}{more}")
+    check_connections(server, clients)
     for client in clients:
         if (client.deflate is not None) != expect_deflate:
             said = "accepted" if client.deflate is not None else "declined"
@@ -418,17 +434,7 @@ class NotNegotiated(BenchmarkError):
     """The server's permessage-deflate answer does not match its compression setting."""
 
 
-class Closable(Protocol):
-    async def close(self, grace: float) -> None: ...
-
-    def abort(self) -> None: ...
-
-
-async def close_clients(clients: Sequence[Closable], grace: float) -> None:
-    await asyncio.gather(*(client.close(grace) for client in clients))
-
-
-def abort_all(clients: Sequence[Closable]) -> None:
+def abort_all(clients: Sequence[Client]) -> None:
     for client in clients:
         client.abort()
 
@@ -439,7 +445,7 @@ async def measure(server: Server, opts: Options, expect_deflate: bool) -> Measur
     started = proc_status(pid)
     if opts.warmup:
         warm = await open_clients(server, opts.warmup, opts, expect_deflate)
-        await close_clients(warm, opts.timeout)
+        await close_all(warm, opts.timeout)
     before = await settled_status(pid, opts.settle)
 
     loop = asyncio.get_running_loop()
@@ -451,16 +457,8 @@ async def measure(server: Server, opts: Options, expect_deflate: bool) -> Measur
         server.check_alive()
         check_clients(server, clients, expect_deflate)  # still open, nothing unexpected
     finally:
-        await close_clients(clients, opts.timeout)
-    return Measurement(
-        conns=opts.conns,
-        rss_started=started["VmRSS"],
-        rss_before=before["VmRSS"],
-        rss_after=after["VmRSS"],
-        anon_before=before.get("RssAnon"),
-        anon_after=after.get("RssAnon"),
-        open_seconds=open_seconds,
-    )
+        await close_all(clients, opts.timeout)
+    return Measurement.from_status(opts.conns, started, before, after, open_seconds)
 
 
 # --- targets -------------------------------------------------------------------------------
@@ -505,20 +503,8 @@ def hub_targets() -> list[Target]:
 
 
 def peer_targets() -> list[Target]:
-    base = "{python} " + shlex.quote(str(PEER_SCRIPT)) + " --host {host} --port {port}"
+    base = script_command(PEER_SCRIPT)
     return [Target(PEER, name, f"{base} --compression {name}") for name in COMPRESSIONS]
-
-
-def raise_open_files_limit(needed: int) -> None:
-    """Raise the soft RLIMIT_NOFILE (inherited by the servers) to ``needed``, if allowed."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft == resource.RLIM_INFINITY or soft >= needed:
-        return
-    if hard != resource.RLIM_INFINITY and hard < needed:
-        raise BenchmarkError(
-            f"{needed} open files needed, but the hard RLIMIT_NOFILE is {hard}: use fewer --conns"
-        )
-    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
 
 
 def run_target(target: Target, opts: Options, repeat: int, startup_timeout: float) -> Result:
@@ -549,7 +535,7 @@ WARMUP_TOPIC = "warmup.{}"
 # The one publication (as the ``data`` string): 32 bytes or more, so hub compresses the msg.
 PUBLICATION = "memory benchmark: one publication to every subscriber of room"
 HUB_CMD = "{bin}/hub-server --host {host} --port {port}"
-NAIVE_CMD = "{python} " + shlex.quote(str(NAIVE_SCRIPT)) + " --host {host} --port {port}"
+NAIVE_CMD = script_command(NAIVE_SCRIPT)
 HUB_MODE_CONNS = 5000
 HUB_MODE_TIMEOUT = 60.0
 # How often the delivery check looks at the subscribers, seconds.
@@ -561,7 +547,7 @@ def topic_of(index: int, own: str) -> str:
     return SHARED_TOPIC if index % 2 == 0 else own.format(index)
 
 
-class HubClient(asyncio.Protocol):
+class HubClient(Client):
     """One connection to a hub, speaking the ``hub.v1.json`` subset of PROTOCOL.md.
 
     It upgrades offering ``hub.v1.json`` (and permessage-deflate if ``offer_deflate``), reads the
@@ -573,57 +559,18 @@ class HubClient(asyncio.Protocol):
     """
 
     def __init__(self, port: int, key: bytes, topic: str | None, offer_deflate: bool) -> None:
-        self._loop = asyncio.get_running_loop()
+        super().__init__(port, key, SUBPROTOCOL, offer_deflate)
         self.topic = topic
         self.welcome: asyncio.Future[dict[str, Any] | None] = self._loop.create_future()
-        self.closed: asyncio.Future[None] = self._loop.create_future()
-        self.error: str | None = None
         self.extensions = ""  # the server's Sec-WebSocket-Extensions answer
-        self.deflate: dict[str, str | None] | None = None
         self.sub_ok: dict[str, Any] | None = None
         self.messages: list[dict[str, Any]] = []
-        request, self._accept = hub_handshake_request(port)
-        if offer_deflate:
-            # The request ends with the blank line: add the offer before it.
-            offer = f"Sec-WebSocket-Extensions: {DEFLATE_OFFER}\r\n\r\n".encode()
-            request = request[:-2] + offer
-        self._request = request
         self._offer = offer_deflate
-        self._key = key
-        self._transport: asyncio.Transport | None = None
-        self._head = bytearray()
-        self._open = False
-        self._closing = False
-        self._buffer = bytearray()
-        self._fragments: list[bytes] = []
-        self._compressed = False
         self._reply: asyncio.Future[dict[str, Any] | None] | None = None
         self._reply_to: tuple[str, int] | None = None  # (op, id) of the request in flight
-        # When the server keeps its compression context, each message is inflated after all
-        # the earlier ones, from scratch: a few messages per connection, and no zlib state (32 KiB
-        # window) held per connection in this process.
-        self._inflate_input = b""
-        self._inflated = 0
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = cast(asyncio.Transport, transport)
-        self._transport.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        try:
-            if self._open:
-                self._buffer += data
-                self._frames()
-            else:
-                self._handshake(data)
-        except ProtocolError as exc:
-            self._fail(str(exc))
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._closing and self.error is None:
-            self.error = f"connection lost: {exc or 'closed by the server'}"
-        if not self.closed.done():
-            self.closed.set_result(None)
+        super().connection_lost(exc)
         for future in (self.welcome, self._reply):
             if future is not None and not future.done():
                 future.set_result(None)
@@ -634,136 +581,24 @@ class HubClient(asyncio.Protocol):
             raise RuntimeError("one request at a time")
         self._reply = self._loop.create_future()
         self._reply_to = (frame["op"], frame["id"])
-        self._send(json.dumps(frame, separators=(",", ":")).encode())
+        # zlib cannot compress with an 8-bit window; a message this short has no distance beyond
+        # 256 bytes anyway.
+        self._send_text(json.dumps(frame, separators=(",", ":")).encode(), smallest_window=9)
         reply = await self._reply
         if reply is None:
             raise ProtocolError(self.error or "no reply")
         return reply
 
-    async def close(self, grace: float) -> None:
-        """Closing handshake; wait for the server to close TCP, abort after ``grace`` seconds."""
-        if self._transport is None or self.closed.done():
-            return
-        self._closing = True
-        self._transport.write(close_frame(self._key))
-        try:
-            await asyncio.wait_for(asyncio.shield(self.closed), grace)
-        except TimeoutError:
-            self._transport.abort()
-
-    def abort(self) -> None:
-        self._closing = True
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _handshake(self, data: bytes) -> None:
-        self._head += data
-        end = self._head.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._head) > MAX_HANDSHAKE_RESPONSE:
-                raise ProtocolError("handshake response too long")
-            return
-        headers = response_headers(bytes(self._head[:end]), self._accept)
-        protocol = headers.get("sec-websocket-protocol")
-        if protocol != SUBPROTOCOL:
-            raise ProtocolError(f"the server chose subprotocol {protocol!r}, not {SUBPROTOCOL}")
+    def _check_response(self, head: bytes) -> None:
+        headers = response_headers(head, self._accept)
+        check_subprotocol(headers, SUBPROTOCOL)
         self.extensions = headers.get("sec-websocket-extensions", "")
         self.deflate = extension_params(self.extensions)
         if self.extensions and (not self._offer or self.deflate is None):
             raise ProtocolError(f"an extension that was not offered: {self.extensions!r}")
-        self._open = True
-        self._buffer += self._head[end + 4 :]
-        self._head.clear()
-        self._frames()
-
-    def _send(self, text: bytes) -> None:
-        assert self._transport is not None
-        if self.deflate is None:
-            self._transport.write(client_frame(OP_TEXT, text, self._key))
-            return
-        # A fresh compressor: its output refers to nothing sent before, so it is valid whatever
-        # the server remembers. zlib cannot compress with an 8-bit window; a message this short
-        # has no distance beyond 256 bytes anyway.
-        bits = int(self.deflate.get("client_max_window_bits") or 15)
-        compressor = zlib.compressobj(wbits=-max(bits, 9))
-        data = compressor.compress(text) + compressor.flush(zlib.Z_SYNC_FLUSH)
-        if not data.endswith(SYNC_TAIL):
-            raise ProtocolError("zlib did not end the message with a sync flush")
-        frame = client_frame(OP_TEXT, data[: -len(SYNC_TAIL)], self._key)
-        self._transport.write(bytes((frame[0] | 0x40,)) + frame[1:])  # RSV1: compressed
-
-    def _frames(self) -> None:
-        buffer = self._buffer
-        while len(buffer) >= 2:
-            first, second = buffer[0], buffer[1]
-            if second & 0x80:
-                raise ProtocolError("the server masked a frame")
-            length, start = second & 0x7F, 2
-            if length >= 126:
-                start = 4 if length == 126 else 10
-                if len(buffer) < start:
-                    return
-                length = int.from_bytes(buffer[2:start], "big")
-            if len(buffer) < start + length:
-                return
-            payload = bytes(buffer[start : start + length])
-            del buffer[: start + length]
-            self._frame(first, payload)
-
-    def _frame(self, first: int, payload: bytes) -> None:
-        opcode, fin, rsv = first & 0x0F, bool(first & 0x80), first & 0x70
-        assert self._transport is not None
-        if opcode == OP_PING:
-            self._transport.write(client_frame(OP_PONG, payload, self._key))
-            return
-        if opcode == OP_PONG:
-            return
-        if opcode == OP_CLOSE:
-            if not self._closing:
-                code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
-                reason = payload[2:].decode(errors="replace")
-                raise ProtocolError(f"the server closed the connection ({code} {reason})")
-            return
-        if opcode == OP_TEXT:
-            if self._fragments:
-                raise ProtocolError("a new message before the last one ended")
-            if rsv & ~0x40 or (rsv and self.deflate is None):
-                raise ProtocolError("RSV bits set that no extension allows")
-            self._compressed = bool(rsv)
-        elif opcode != OP_CONT:
-            raise ProtocolError(f"unexpected opcode {opcode:#x}: {SUBPROTOCOL} is text frames")
-        elif not self._fragments or rsv:
-            raise ProtocolError("an unexpected continuation frame")
-        self._fragments.append(payload)
-        if not fin:
-            return
-        message = b"".join(self._fragments)
-        self._fragments.clear()
-        if self._compressed:
-            message = self._inflate(message)
-        self._message(message)
-
-    def _inflate(self, data: bytes) -> bytes:
-        assert self.deflate is not None
-        data += SYNC_TAIL
-        try:
-            if "server_no_context_takeover" in self.deflate:
-                return zlib.decompressobj(wbits=-15).decompress(data)
-            self._inflate_input += data
-            output = zlib.decompressobj(wbits=-15).decompress(self._inflate_input)
-        except zlib.error as exc:
-            raise ProtocolError(f"cannot decompress a message: {exc}") from None
-        message = output[self._inflated :]
-        self._inflated = len(output)
-        return message
 
     def _message(self, payload: bytes) -> None:
-        try:
-            message = json.loads(payload)
-        except ValueError as exc:
-            raise ProtocolError(f"invalid JSON from the server: {exc}") from None
-        if not isinstance(message, dict):
-            raise ProtocolError(f"not a JSON object: {payload[:80]!r}")
+        message = json_object(payload)
         op = message.get("op")
         if not self.welcome.done():
             if op != "welcome":
@@ -784,12 +619,6 @@ class HubClient(asyncio.Protocol):
             self.messages.append(message)
             return
         raise ProtocolError(f"unexpected frame: {payload[:200]!r}")
-
-    def _fail(self, reason: str) -> None:
-        if self.error is None:
-            self.error = reason
-        if self._transport is not None:
-            self._transport.abort()
 
 
 @dataclass(frozen=True)
@@ -822,12 +651,10 @@ class HubResult:
     warnings: list[str] = field(default_factory=list)
 
     def kib_per_conn(self) -> float | None:
-        return statistics.median(m.kib_per_conn for m in self.runs) if self.runs else None
+        return median_or_none([m.kib_per_conn for m in self.runs])
 
     def anon_kib_per_conn(self) -> float | None:
-        values = [m.anon_kib_per_conn for m in self.runs]
-        known = [value for value in values if value is not None]
-        return statistics.median(known) if known and len(known) == len(values) else None
+        return median_or_none([m.anon_kib_per_conn for m in self.runs])
 
     def negotiated(self) -> str | None:
         return self.runs[0].extensions if self.runs else None
@@ -841,14 +668,7 @@ class HubResult:
             "negotiated": self.negotiated(),
             "kib_per_conn": self.kib_per_conn(),
             "anon_kib_per_conn": self.anon_kib_per_conn(),
-            "runs": [
-                {
-                    **asdict(m),
-                    "kib_per_conn": m.kib_per_conn,
-                    "anon_kib_per_conn": m.anon_kib_per_conn,
-                }
-                for m in self.runs
-            ],
+            "runs": [m.to_json() for m in self.runs],
             "warnings": self.warnings,
         }
 
@@ -889,9 +709,7 @@ async def open_hub_clients(
             raise ProtocolError(client.error or "closed before the welcome")
         if topic is None:
             return
-        ok = await client.request({"op": "sub", "topic": topic, "id": 1})
-        if not isinstance(ok.get("offset"), int) or not isinstance(ok.get("epoch"), str):
-            raise ProtocolError(f"a sub ok without offset and epoch: {ok}")
+        check_sub_ok(await client.request({"op": "sub", "topic": topic, "id": 1}))
 
     async def worker() -> None:
         for topic in todo:
@@ -921,11 +739,7 @@ def check_hub_clients(server: Server, clients: Sequence[HubClient], published: b
     """Check that no connection failed, that all negotiated the same extensions, and, after
     ``published``, that each subscriber of SHARED_TOPIC has received it and nothing else, and
     every other subscriber nothing. Return the extensions (the same for all)."""
-    errors = [f"connection {i}: {c.error}" for i, c in enumerate(clients) if c.error]
-    if errors:
-        server.check_alive()
-        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-        raise BenchmarkError(f"{server.name}: {'; '.join(errors[:3])}{more}")
+    check_connections(server, clients)
     answers = {client.extensions for client in clients}
     if len(answers) > 1:
         raise BenchmarkError(f"{server.name}: different extensions negotiated: {sorted(answers)}")
@@ -1018,7 +832,7 @@ async def measure_hub(server: Server, opts: Options, offer: bool) -> HubMeasurem
     started = proc_status(pid)
     if opts.warmup:
         warm, *_ = await subscribe_round(server, opts.warmup, WARMUP_TOPIC, opts, offer)
-        await close_clients(warm, opts.timeout)
+        await close_all(warm, opts.timeout)
     before = await settled_status(pid, opts.settle)
 
     clients, open_seconds, publish_seconds, extensions = await subscribe_round(
@@ -1029,15 +843,13 @@ async def measure_hub(server: Server, opts: Options, offer: bool) -> HubMeasurem
         server.check_alive()
         check_hub_clients(server, clients, published=True)  # still open, nothing more
     finally:
-        await close_clients(clients, opts.timeout)
-    return HubMeasurement(
-        conns=opts.conns,
-        rss_started=started["VmRSS"],
-        rss_before=before["VmRSS"],
-        rss_after=after["VmRSS"],
-        anon_before=before.get("RssAnon"),
-        anon_after=after.get("RssAnon"),
-        open_seconds=open_seconds,
+        await close_all(clients, opts.timeout)
+    return HubMeasurement.from_status(
+        opts.conns,
+        started,
+        before,
+        after,
+        open_seconds,
         extensions=extensions,
         publish_seconds=publish_seconds,
     )
@@ -1054,7 +866,7 @@ def run_hub_target(
             text = server.log_tail()
         finally:
             server.stop()
-        if any(word in text.lower() for word in TROUBLE_WORDS):
+        if shows_trouble(text):
             result.warnings.append(f"the server's log may show trouble; its last lines:\n{text}")
         result.runs.append(measurement)
         log(
@@ -1078,7 +890,6 @@ def render_hub_table(results: Sequence[HubResult], conns: int) -> str:
     )
     rows = [header]
     for result in results:
-        value, anon = result.kib_per_conn(), result.anon_kib_per_conn()
         run = result.runs[0] if result.runs else None
         negotiated = result.negotiated()
         rows.append(
@@ -1087,21 +898,13 @@ def render_hub_table(results: Sequence[HubResult], conns: int) -> str:
                 result.target.setup,
                 "deflate" if result.target.offer else "none",
                 "" if negotiated is None else "deflate" if negotiated else "none",
-                "n/a" if value is None else f"{value:.1f}",
-                "n/a" if anon is None else f"{anon:.1f}",
+                format_number(result.kib_per_conn(), 1),
+                format_number(result.anon_kib_per_conn(), 1),
                 "" if run is None else f"{run.rss_before / 1024:.1f} MiB",
                 "" if run is None else f"{run.rss_after / 1024:.1f} MiB",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.rjust(width) if i >= 4 else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines = [format_table(rows, right=range(4, len(header)))]
 
     def value_of(server: str, offer: bool, setup_on: bool) -> HubResult | None:
         for result in results:
@@ -1139,16 +942,12 @@ def render_hub_table(results: Sequence[HubResult], conns: int) -> str:
 
 def run_hub_mode(args: argparse.Namespace, opts: Options, compressions: Sequence[str]) -> int:
     try:
-        raise_open_files_limit(opts.conns + SPARE_FILES)
+        raise_file_limit(opts.conns + SPARE_FILES, FILE_LIMIT_HINT)
         targets = hub_targets_for(compressions)
         log(f"{len(targets)} servers to measure with {opts.conns} idle subscribed connections each")
         results = [run_hub_target(t, opts, args.repeat, args.startup_timeout) for t in targets]
-    except BenchmarkError as exc:
-        log(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+    except (BenchmarkError, KeyboardInterrupt) as exc:
+        return exit_status(exc)
     shared = (opts.conns + 1) // 2
     if args.json:
         report = {
@@ -1189,10 +988,6 @@ def run_hub_mode(args: argparse.Namespace, opts: Options, compressions: Sequence
 
 
 # --- command line --------------------------------------------------------------------------
-
-
-def log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -1254,15 +1049,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="limit for each step (opening, publishing, closing all connections), seconds"
         f" (default 20; {HUB_MODE_TIMEOUT:g} with --mode hub)",
     )
-    parser.add_argument(
-        "--startup-timeout",
-        type=float,
-        default=15.0,
-        help="seconds a server may take to accept connections (default 15)",
-    )
-    parser.add_argument(
-        "--json", action="store_true", help="print JSON on stdout instead of the table"
-    )
+    parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
+    parser.add_argument("--json", **JSON_OPTION)
     args = parser.parse_args(argv)
     hub_mode = args.mode == "hub"
     if args.conns is None:
@@ -1282,27 +1070,18 @@ def render_table(results: Sequence[Result], conns: int) -> str:
     header = ("server", "compression", "KiB/conn", "RSS idle", f"RSS +{conns} conns", "note")
     rows = [header]
     for result in results:
-        value = result.kib_per_conn()
         run = result.runs[0] if result.runs else None
         rows.append(
             (
                 result.target.server,
                 result.target.compression,
-                "n/a" if value is None else f"{value:.1f}",
+                format_number(result.kib_per_conn(), 1),
                 "" if run is None else f"{run.rss_before / 1024:.1f} MiB",
                 "" if run is None else f"{run.rss_after / 1024:.1f} MiB",
                 result.error or result.target.note,
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    lines = [
-        "  ".join(
-            cell.rjust(width) if i in (2, 3, 4) else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ).rstrip()
-        for row in rows
-    ]
-    lines.insert(1, "  ".join("-" * width for width in widths))
+    lines = [format_table(rows, right=(2, 3, 4))]
     values = {(r.target.server, r.target.compression): r.kib_per_conn() for r in results}
     for compression in COMPRESSIONS:
         ours, peer = values.get((OURS, compression)), values.get((PEER, compression))
@@ -1324,14 +1103,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         timeout=args.timeout,
     )
 
-    def interrupted(signum: int, frame: FrameType | None) -> None:
-        raise SystemExit(128 + signum)  # so that every server is stopped on the way out
-
-    signal.signal(signal.SIGTERM, interrupted)
+    exit_on_sigterm()
     if args.mode == "hub":
         return run_hub_mode(args, opts, compressions)
     try:
-        raise_open_files_limit(args.conns + SPARE_FILES)
+        raise_file_limit(args.conns + SPARE_FILES, FILE_LIMIT_HINT)
         targets = [
             target
             for target in (*hub_targets(), *peer_targets())
@@ -1340,12 +1116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets.sort(key=lambda t: (COMPRESSIONS.index(t.compression), t.server != OURS))
         log(f"{len(targets)} servers to measure with {args.conns} idle connections each")
         results = [run_target(t, opts, args.repeat, args.startup_timeout) for t in targets]
-    except BenchmarkError as exc:
-        log(f"error: {exc}")
-        return 1
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
+    except (BenchmarkError, KeyboardInterrupt) as exc:
+        return exit_status(exc)
 
     if args.json:
         report = {
