@@ -693,6 +693,25 @@ async def test_max_queue_makes_the_server_stop_reading(
         assert server_ws.transport.is_reading()
 
 
+async def test_messages_sent_before_the_peers_close_are_all_delivered(
+    start_server: StartServer, client: Connect
+) -> None:
+    """Messages that precede the peer's close frame are the application's to read (RFC 6455
+    section 1.4: the close frame comes after the data), even beyond max_queue when they
+    arrive in the same read as the close; only after our own close may data be dropped."""
+    capture = Capture()
+    server = await start_server(capture.handler, max_queue=2)
+    ws = await client(uri_of(server), ping_interval=None)
+    server_ws = await capture.next()
+    async with asyncio.timeout(WAIT):
+        for i in range(100):
+            await ws.send(f"m{i}")  # coalesced, with the close frame, into one write
+        await ws.close()
+        received = [message async for message in server_ws]
+    assert received == [f"m{i}" for i in range(100)]
+    assert server_ws.close_code == 1000
+
+
 async def server_with_paused_reading(
     start_server: StartServer, client: Connect
 ) -> tuple[WebSocketServer, WebSocketClientProtocol, WebSocketServerProtocol]:

@@ -456,8 +456,8 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         messages = self._messages
         for event in core.events_received():
             if type(event) is Message:
-                if len(messages) >= self.max_queue and core.state is not OPEN:
-                    continue  # closing and nobody reads: see _closing_started
+                if len(messages) >= self.max_queue and core.close_rcvd_then_sent is False:
+                    continue  # we closed first and nobody reads: see _closing_started
                 messages.append(event.data)
                 queued = True
             elif type(event) is Pong:
@@ -504,8 +504,10 @@ class WebSocketCommonProtocol(asyncio.Protocol):
         """Bound the closing handshake by close_timeout, and read until the peer's close frame.
 
         Reading may be paused because the application stopped calling recv(); the peer's close
-        frame (section 7.1.3) must still get through, so reading resumes, and data messages
-        beyond max_queue are dropped from then on (_process_events) to keep memory bounded.
+        frame (section 7.1.3) must still get through, so reading resumes. If we sent the
+        first close frame, data messages beyond max_queue are dropped from then on
+        (_process_events) to keep memory bounded. If the peer did, its messages before its
+        close frame all stay: that read is the last, so they are bounded by it.
         """
         self._close_deadline = self.loop.call_later(self.close_timeout, self._close_timed_out)
         if self._reading_paused:
