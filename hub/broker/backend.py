@@ -20,6 +20,8 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hub.exceptions import RequestError
+
 __all__ = ["Backend", "OnGap", "OnPublication", "Publication"]
 
 
@@ -92,6 +94,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def publish(self, topic: str, payload: bytes) -> Publication:
         """Assign the topic's next offset, deliver, and return the publication."""
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[Publication | RequestError]:
+        """Publish each ``(topic, payload)`` in order; per item, its publication or the
+        RequestError that refused it. A backend that can send them all in one round trip
+        overrides this one-by-one default."""
+        results: list[Publication | RequestError] = []
+        for topic, payload in items:
+            try:
+                results.append(await self.publish(topic, payload))
+            except RequestError as exc:
+                results.append(exc)
+        return results
 
     @abc.abstractmethod
     async def position(self, topic: str) -> tuple[str, int]:

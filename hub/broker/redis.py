@@ -10,6 +10,8 @@ random candidate that the caller makes), increments the offset and PUBLISHes
 when Redis loses the hash (FLUSHALL, a restart without persistence): offsets start again at 1
 under a new epoch, which tells clients that what they remember no longer applies. ``position``
 creates the epoch the same way, so that the first publish keeps the epoch a subscriber was told.
+A burst of publishes (``publish_many``) is one pipeline of such EVALSHAs: one round trip, and
+Redis runs them in order.
 
 **Subscriptions.** A concrete topic is a SUBSCRIBE of its channel, a pattern a PSUBSCRIBE of the
 Redis glob in which each wildcard token becomes ``*``: ``chat.*`` and ``chat.>`` both become
@@ -60,11 +62,12 @@ import redis.asyncio
 import redis.exceptions
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError
 
 from hub.broker.backend import Backend, OnGap, OnPublication, Publication
 from hub.broker.registry import Registry
 from hub.broker.topics import SINGLE, TAIL, is_pattern, matches
-from hub.exceptions import InternalError, Unavailable, UsageError
+from hub.exceptions import InternalError, RequestError, Unavailable, UsageError
 
 __all__ = ["RedisBackend", "redact_url"]
 
@@ -313,6 +316,48 @@ class RedisBackend(Backend):
             lambda: self._publish_script(keys=[self._key_head + topic], args=args)
         )
         return Publication(topic, payload, int(offset), epoch.decode())
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[Publication | RequestError]:
+        """All in one pipeline of EVALSHAs: one round trip, and Redis runs them in order."""
+        if len(items) == 1:
+            return await super().publish_many(items)
+        try:
+            replies = await self._command(lambda: self._pipelined_publish(items))
+        except RequestError as exc:
+            return [exc] * len(items)  # the connection failed: any of them may be published
+        results: list[Publication | RequestError] = []
+        for (topic, payload), reply in zip(items, replies, strict=True):
+            if isinstance(reply, Exception):
+                results.append(self._command_error(reply))
+            else:
+                results.append(Publication(topic, payload, int(reply[1]), reply[0].decode()))
+        return results
+
+    async def _pipelined_publish(self, items: Sequence[tuple[str, bytes]]) -> list[Any]:
+        """The replies to one EVALSHA per item, errors in place. The EVALSHAs that met an
+        empty script cache (SCRIPT FLUSH, a restarted Redis) did nothing: once the script is
+        loaded, they run again, in order, in a second pipeline."""
+        assert self._client is not None
+        replies = await self._evalsha_pipeline(items)
+        missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+        if missing:
+            await self._client.script_load(self._publish_script.script)
+            retried = await self._evalsha_pipeline([items[i] for i in missing])
+            for i, reply in zip(missing, retried, strict=True):
+                replies[i] = reply
+        return replies
+
+    async def _evalsha_pipeline(self, items: Sequence[tuple[str, bytes]]) -> list[Any]:
+        assert self._client is not None
+        pipeline = self._client.pipeline(transaction=False)
+        for topic, payload in items:
+            channel = self._channel_head + topic.encode()
+            key = self._key_head + topic
+            candidate = secrets.token_hex(8)
+            pipeline.evalsha(self._publish_script.sha, 1, key, channel, candidate, payload)
+        return await pipeline.execute(raise_on_error=False)
 
     async def position(self, topic: str) -> tuple[str, int]:
         [position] = await self._command(lambda: self._positions([topic]))

@@ -21,7 +21,7 @@ import msgpack
 
 from hub.broker.backend import Backend, Publication
 from hub.broker.registry import Registry
-from hub.exceptions import BadRequest
+from hub.exceptions import BadRequest, RequestError
 from hub.wire.codecs import JSON, Codec
 
 __all__ = ["Router", "Subscriber"]
@@ -102,6 +102,13 @@ class Router:
     async def publish(self, topic: str, data: Any) -> Publication:
         """Publish ``data`` (any JSON or msgpack value); BadRequest if it cannot be stored."""
         return await self.backend.publish(topic, encode_payload(data))
+
+    async def publish_many(
+        self, items: Sequence[tuple[str, bytes]]
+    ) -> list[Publication | RequestError]:
+        """Publish ``(topic, payload)`` pairs, payloads made by :func:`encode_payload`, in order
+        and in one round trip where the backend can; per item, its publication or its error."""
+        return await self.backend.publish_many(items)
 
     def deliver(self, publication: Publication) -> None:
         """Fan a publication out to every local subscriber (the backend's callback)."""

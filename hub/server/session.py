@@ -15,7 +15,9 @@ import logging
 import secrets
 from typing import TYPE_CHECKING, Any, cast
 
+from hub.broker.backend import Publication
 from hub.broker.outbox import Outbox
+from hub.broker.router import encode_payload
 from hub.broker.topics import is_pattern
 from hub.exceptions import (
     BadRequest,
@@ -30,6 +32,7 @@ from hub.exceptions import (
 )
 from hub.protocol.asyncio import WebSocketServerProtocol
 from hub.protocol.connection import PreparedMessage
+from hub.server.publisher import Publisher
 from hub.wire.codecs import select_codec
 from hub.wire.messages import History, Presence, Pub, Sub, Unsub, parse_request, request_id
 
@@ -57,6 +60,7 @@ class Session:
         settings = hub.settings
         self.outbox = Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes)
         self.subscriptions: set[str] = set()
+        self.publisher = Publisher(hub.router, self._answer_publish, settings.max_pending_publishes)
         self._closing: asyncio.Task[None] | None = None
         self._send_prepared_nowait = websocket.send_prepared_nowait  # bound once: hot path
 
@@ -111,6 +115,10 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            try:
+                await self.publisher.drained()  # publishes already read still happen
+            finally:
+                self.publisher.cancel()
             self.outbox.close()
             for pattern in list(self.subscriptions):
                 await self.hub.router.unsubscribe(pattern, self)
@@ -132,6 +140,7 @@ class Session:
                 invalid_in_a_row = 0
                 await self._handle(request)
             except RequestError as exc:
+                await self.publisher.drained()  # replies go out in request order
                 self._error(exc, request_id(decoded))
                 if isinstance(exc, GARBAGE):
                     invalid_in_a_row += 1
@@ -157,12 +166,22 @@ class Session:
         if id_ is not None:
             self.reply({"op": "ok", "id": id_, **fields})
 
+    def _answer_publish(self, id_: int | None, result: Publication | RequestError) -> None:
+        if isinstance(result, Publication):
+            self._ok(id_, offset=result.offset, epoch=result.epoch)
+        else:
+            self._error(result, id_)
+
     async def _handle(self, request: Sub | Unsub | Pub | History | Presence) -> None:
-        router = self.hub.router
         if isinstance(request, Pub):
-            publication = await router.publish(request.topic, request.data)
-            self._ok(request.id, offset=publication.offset, epoch=publication.epoch)
-        elif isinstance(request, Sub):
+            # Not awaited: the publisher answers it, in order, while the next frames are read.
+            await self.publisher.put(request.id, request.topic, encode_payload(request.data))
+            return
+        # Anything else waits until the publishes before it are answered: requests take
+        # effect in the order they were sent.
+        await self.publisher.drained()
+        router = self.hub.router
+        if isinstance(request, Sub):
             pattern = request.topic
             added = pattern not in self.subscriptions
             if added:

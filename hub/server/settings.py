@@ -36,6 +36,9 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=10_000, ge=1, description="per node")
     outbox_messages: int = Field(default=1000, ge=1, description="queued frames per connection")
     outbox_bytes: int = Field(default=8 * 2**20, ge=1024, description="queued bytes per connection")
+    max_pending_publishes: int = Field(
+        default=64, ge=1, description="per connection; past it the hub stops reading its frames"
+    )
     bad_frame_limit: int = Field(
         default=10, ge=1, description="invalid frames in a row before 1008"
     )

@@ -170,3 +170,19 @@ async def test_a_subscriber_continues_from_position(started: tuple[Backend, Reco
     assert [(p.epoch, p.offset, p.payload) for p in recorder.publications] == [
         (epoch, offset + 1, b"after")
     ]
+
+
+async def test_publish_many_publishes_in_order(started: tuple[Backend, Recorder]) -> None:
+    backend, recorder = started
+    await backend.subscribe(">")
+    await backend.publish("a", b"first")
+    items = [(f"t{i % 2}" if i else "a", str(i).encode()) for i in range(101)]
+    results = await backend.publish_many(items)
+    published = [result for result in results if isinstance(result, Publication)]
+    assert published == results
+    assert [(p.topic, p.payload) for p in published] == items
+    assert [p.offset for p in published if p.topic == "a"] == [2]
+    assert [p.offset for p in published if p.topic == "t1"] == list(range(1, 51))
+    await recorder.wait_for(102)
+    assert recorder.publications[1:] == results
+    assert await backend.publish_many([]) == []

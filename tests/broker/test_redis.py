@@ -20,7 +20,7 @@ import redis
 
 from hub.broker.backend import Publication
 from hub.broker.redis import RedisBackend, redact_url
-from hub.exceptions import Unavailable, UsageError
+from hub.exceptions import InternalError, Unavailable, UsageError
 from tests.broker.test_backend_contract import Recorder
 from tests.redis_server import RedisServer, StartRedisServer
 
@@ -443,3 +443,38 @@ async def test_a_refused_subscription_is_not_reported_as_up(
         await backend.publish("room", b"x")
     tracebacks = [r for r in caplog.records if r.levelno >= logging.ERROR and r.exc_info]
     assert 1 <= len(tracebacks) <= 2, [r.getMessage() for r in tracebacks]
+
+
+async def test_publish_many_is_one_pipeline_with_errors_in_place(
+    redis_server: RedisServer, make: Make
+) -> None:
+    backend, recorder = make(redis_server.url)
+    await backend.start()
+    await backend.subscribe(">")
+    client = redis_server.client()
+    client.set("hub:s:broken", "not a hash")  # HSETNX on it fails with WRONGTYPE
+    client.script_flush()  # the first EVALSHAs meet NOSCRIPT and run again once loaded
+    items = [("a", b"1"), ("broken", b"2"), ("a", b"3"), ("b", b"4")]
+    results = await backend.publish_many(items)
+    assert isinstance(results[1], InternalError) and "WRONGTYPE" in str(results[1])
+    published = [r for r in results if isinstance(r, Publication)]
+    assert [(p.topic, p.payload, p.offset) for p in published] == [
+        ("a", b"1", 1),
+        ("a", b"3", 2),
+        ("b", b"4", 1),
+    ]
+    assert await recorder.wait_for(3) == published
+    # One EVALSHA per publish, and one more for each that met NOSCRIPT: no MULTI, no EVAL.
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+    assert calls["evalsha"] == 2 * len(items) and "multi" not in calls and "eval" not in calls
+
+
+async def test_publish_many_while_down_fails_every_item(
+    redis_server: RedisServer, make: Make
+) -> None:
+    backend, _ = make(redis_server.url, backoff_cap=0.2)
+    await backend.start()
+    redis_server.stop()
+    await eventually(lambda: backend.state == "down")
+    results = await backend.publish_many([("a", b"1"), ("b", b"2")])
+    assert [type(r) for r in results] == [Unavailable, Unavailable]
