@@ -398,6 +398,7 @@ class RoundTrips:
     publications: int
     seconds: float
     total_commands: int  # total_commands_processed, less our own INFO
+    reads: int  # total_reads_processed (socket reads, i.e. round trips), less our own INFO
     calls: dict[str, int]  # per command, less our own INFO
     failed: dict[str, int]  # failed or rejected calls per command
 
@@ -406,7 +407,7 @@ class RoundTrips:
         return sum(n for name, n in self.calls.items() if name in SCRIPT_COMMANDS)
 
     @property
-    def round_trips(self) -> int:
+    def client_commands(self) -> int:
         """Commands that clients sent: everything but what the Lua scripts ran."""
         return sum(n for name, n in self.calls.items() if name not in SCRIPT_COMMANDS)
 
@@ -419,7 +420,8 @@ class RoundTrips:
             "seconds": self.seconds,
             "commands_processed": self.total_commands,
             "commands_processed_per_publish": self.per_publish(self.total_commands),
-            "round_trips_per_publish": self.per_publish(self.round_trips),
+            "round_trips_per_publish": self.per_publish(self.reads),
+            "client_commands_per_publish": self.per_publish(self.client_commands),
             "per_command_per_publish": {
                 name: self.per_publish(n) for name, n in sorted(self.calls.items())
             },
@@ -428,8 +430,9 @@ class RoundTrips:
         }
 
 
-def redis_counters(client: redis.Redis) -> tuple[int, dict[str, dict[str, int]]]:
-    """One ``INFO stats commandstats``: total_commands_processed and each command's counters."""
+def redis_counters(client: redis.Redis) -> tuple[int, int, dict[str, dict[str, int]]]:
+    """One ``INFO stats commandstats``: total_commands_processed, total_reads_processed and
+    each command's counters."""
     info = client.info("stats", "commandstats")
     commands = {
         key.removeprefix("cmdstat_"): {
@@ -440,17 +443,19 @@ def redis_counters(client: redis.Redis) -> tuple[int, dict[str, dict[str, int]]]
         for key, value in info.items()
         if key.startswith("cmdstat_") and isinstance(value, dict)
     }
-    return int(info["total_commands_processed"]), commands
+    return int(info["total_commands_processed"]), int(info["total_reads_processed"]), commands
 
 
 async def count_round_trips(pool: ClusterPool, client: redis.Redis, count: int) -> RoundTrips:
     """The commands Redis processed around ``count`` publications and nothing else.
 
-    The second INFO's counters include the first INFO (a command counts once it is done), so
-    exactly one ``info`` call is ours and is taken off."""
-    total_before, before = redis_counters(client)
+    The second INFO's counters include the first INFO (a command counts once it is done) and
+    its own read (counted before the command runs), so one of each is ours and is taken off.
+    Redis reads each client's socket once per batch of commands that arrived together: the
+    reads are the round trips, however many commands a pipeline holds."""
+    total_before, reads_before, before = redis_counters(client)
     seconds = await pool.publish_count(count)
-    total_after, after = redis_counters(client)
+    total_after, reads_after, after = redis_counters(client)
     calls: dict[str, int] = {}
     failed: dict[str, int] = {}
     for name, counters in after.items():
@@ -463,7 +468,8 @@ async def count_round_trips(pool: ClusterPool, client: redis.Redis, count: int) 
         bad = sum(counters.get(k, 0) - old.get(k, 0) for k in ("failed_calls", "rejected_calls"))
         if bad:
             failed[name] = bad
-    return RoundTrips(count, seconds, total_after - total_before - 1, calls, failed)
+    commands = total_after - total_before - 1
+    return RoundTrips(count, seconds, commands, reads_after - reads_before - 1, calls, failed)
 
 
 # --- the run --------------------------------------------------------------------------------
@@ -545,7 +551,7 @@ async def run_all(
         if rtt_publishes:
             rtt = await count_round_trips(made[REDIS], client, rtt_publishes)
             log(
-                f"round trips: {rtt.round_trips} client commands and"
+                f"round trips: {rtt.reads} reads, {rtt.client_commands} client commands and"
                 f" {rtt.total_commands} commands processed for {rtt.publications} publications"
                 f" ({rtt.seconds:.1f} s)"
             )
@@ -760,9 +766,11 @@ paced us CPU/deliv: memory / redis A+B hub CPU per delivery in the paced run (on
 def render_round_trips(rtt: RoundTrips) -> str:
     lines = [
         f"Redis commands around {rtt.publications} publications on node A (no other traffic,"
-        f" {rtt.seconds:.1f} s): {rtt.per_publish(rtt.round_trips):.3f} round trips (commands"
-        f" sent by clients) per publish; {rtt.per_publish(rtt.total_commands):.3f} commands"
-        " processed per publish, counting those the Lua script runs"
+        f" {rtt.seconds:.1f} s, {RTT_CHUNK} sent at a time): {rtt.per_publish(rtt.reads):.3f}"
+        " round trips (socket reads by Redis) per publish;"
+        f" {rtt.per_publish(rtt.client_commands):.3f} commands sent by clients and"
+        f" {rtt.per_publish(rtt.total_commands):.3f} processed per publish, counting those"
+        " the Lua script runs"
     ]
     for name, calls in sorted(rtt.calls.items(), key=lambda item: -item[1]):
         where = "inside EVALSHA's script" if name in SCRIPT_COMMANDS else "sent by a client"
