@@ -10,6 +10,13 @@ dropped, a stream's epoch changed under it), it calls ``on_gap`` with the subscr
 that matched the affected topics, so that the router can close their subscribers with 4010
 (insufficient state) instead of letting them miss messages silently.
 
+**History.** A backend keeps the last publications of each topic, as its
+:class:`~hub.broker.retention.Retention` says (from the server's settings), and an index of
+topics with the time of their last publication, so that a pattern's recovery can find topics
+it never saw.
+:meth:`Backend.history` reads both the topic's position and its retained publications in one
+atomic step; :mod:`hub.broker.recovery` decides from them what a client can recover.
+
 Implementations: :mod:`hub.broker.memory` (one process) and :mod:`hub.broker.redis` (many nodes
 sharing one Redis).
 """
@@ -20,9 +27,10 @@ import abc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from hub.broker.retention import NO_HISTORY, Retention
 from hub.exceptions import RequestError
 
-__all__ = ["Backend", "OnGap", "OnPublication", "Publication"]
+__all__ = ["Backend", "History", "OnGap", "OnPublication", "Publication"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,13 +39,32 @@ class Publication:
 
     ``offset`` is its position in the topic's stream (1, 2, 3, ...); ``epoch`` names the stream
     and changes whenever the stream loses its history, so that an offset is only comparable
-    with offsets of the same epoch. ``payload`` is opaque to the backend.
+    with offsets of the same epoch. ``payload`` is opaque to the backend. ``time`` is when the
+    backend accepted it, in milliseconds since the Unix epoch, on the backend's clock (the
+    clock of :meth:`Backend.time` and of the topic index).
     """
 
     topic: str
     payload: bytes
     offset: int
     epoch: str
+    time: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """A topic's position and part of its history, read at one instant.
+
+    ``epoch`` and ``offset`` are the topic's position (offset 0: nothing published in this
+    epoch). ``publications`` are the retained ones that the read asked for, oldest first.
+    ``oldest`` is the offset of the oldest publication retained at all (``offset + 1`` when
+    none is), so that a caller can tell whether the history covers a gap.
+    """
+
+    epoch: str
+    offset: int
+    publications: list[Publication]
+    oldest: int
 
 
 #: The router's callback; it must not block (it runs on the backend's delivery path).
@@ -60,9 +87,16 @@ class Backend(abc.ABC):
     when that promise was broken for some patterns (see the module docstring).
     """
 
-    def __init__(self, on_publication: OnPublication, *, on_gap: OnGap | None = None) -> None:
+    def __init__(
+        self,
+        on_publication: OnPublication,
+        *,
+        on_gap: OnGap | None = None,
+        retention: Retention = NO_HISTORY,
+    ) -> None:
         self.on_publication = on_publication
         self.on_gap: OnGap = _ignore_gap if on_gap is None else on_gap
+        self.retention = retention
 
     @property
     @abc.abstractmethod
@@ -112,3 +146,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def position(self, topic: str) -> tuple[str, int]:
         """The topic's epoch and last offset (0 when nothing was published yet)."""
+
+    @abc.abstractmethod
+    async def history(
+        self, topic: str, *, after: int = 0, limit: int, newest_first: bool = False
+    ) -> History:
+        """The topic's position and its retained publications with an offset above ``after``
+        (in this epoch): the ``limit`` oldest of them, or with ``newest_first`` the ``limit``
+        newest (still returned oldest first). Publications older than the topic's ttl are
+        never returned, nor counted in ``oldest``."""
+
+    @abc.abstractmethod
+    async def topics_since(self, time: int) -> list[str]:
+        """Every topic published on at or after ``time`` (ms, the backend's clock), as far as
+        the index reaches back (the longest ttl of the retention policy)."""
+
+    @abc.abstractmethod
+    async def time(self) -> int:
+        """The backend's clock, in milliseconds since the Unix epoch."""

@@ -64,8 +64,9 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
-from hub.broker.backend import Backend, OnGap, OnPublication, Publication
+from hub.broker.backend import Backend, History, OnGap, OnPublication, Publication
 from hub.broker.registry import Registry
+from hub.broker.retention import NO_HISTORY, Retention
 from hub.broker.topics import SINGLE, TAIL, is_pattern, matches
 from hub.exceptions import InternalError, RequestError, Unavailable, UsageError
 
@@ -73,26 +74,93 @@ __all__ = ["RedisBackend", "redact_url"]
 
 logger = logging.getLogger("hub.broker.redis")
 
-#: KEYS[1] the topic's hash; ARGV: channel, candidate epoch, payload. Returns {epoch, offset}.
-_PUBLISH = """
-redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2])
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-redis.call('PUBLISH', ARGV[1], string.format('%d %s ', offset, epoch) .. ARGV[3])
-return {epoch, offset}
+#: The time of Redis, in ms, for the scripts below.
+_NOW = """
+local clock = redis.call('TIME')
+local now = clock[1] * 1000 + math.floor(clock[2] / 1000)
 """
 
-#: KEYS: topics' hashes; ARGV[i]: a candidate epoch for KEYS[i]. Returns {epoch1, offset1, ...}.
+#: KEYS: the topic's hash, stream, and the topic index. ARGV: channel, candidate epoch,
+#: payload, history size, history ttl (ms), epoch ttl (ms), index reach (ms), topic.
+#: Returns {epoch, offset, time}. A new epoch starts with an empty stream.
+_PUBLISH = (
+    _NOW
+    + """
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[2]) == 1 then
+    redis.call('DEL', KEYS[2])
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+if tonumber(ARGV[4]) > 0 then
+    redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[4], offset .. '-0', 't', now, 'p', ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('ZADD', KEYS[3], now, ARGV[8])
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (now - tonumber(ARGV[7])))
+redis.call('PUBLISH', ARGV[1], string.format('%d %s %d ', offset, epoch, now) .. ARGV[3])
+return {epoch, offset, now}
+"""
+)
+
+#: KEYS: topics' hashes; ARGV[1]: epoch ttl (ms), ARGV[i + 1]: a candidate epoch for KEYS[i].
+#: Returns {epoch1, offset1, ...}.
 _POSITIONS = """
 local result = {}
 for i, key in ipairs(KEYS) do
-    redis.call('HSETNX', key, 'epoch', ARGV[i])
+    if redis.call('HSETNX', key, 'epoch', ARGV[i + 1]) == 1 then
+        redis.call('PEXPIRE', key, ARGV[1])
+    end
     local position = redis.call('HMGET', key, 'epoch', 'offset')
     result[2 * i - 1] = position[1]
     result[2 * i] = position[2] or 0
 end
 return result
 """
+
+#: KEYS: the topic's hash and stream. ARGV: candidate epoch, epoch ttl (ms), history ttl (ms),
+#: first offset wanted, limit, "1" for the newest first. Entries past the ttl are trimmed
+#: first (a stream is in time order). Returns {epoch, offset, oldest offset or false, entries}.
+_HISTORY = (
+    _NOW
+    + """
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+    redis.call('DEL', KEYS[2])
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local position = redis.call('HMGET', KEYS[1], 'epoch', 'offset')
+local horizon = now - tonumber(ARGV[3])
+local oldest = false
+while true do
+    local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 100)
+    local expired = false
+    for _, entry in ipairs(batch) do
+        if tonumber(entry[2][2]) >= horizon then
+            oldest = entry[1]
+            break
+        end
+        expired = entry[1]
+    end
+    if expired then
+        local next_offset = tonumber(string.match(expired, '^%d+')) + 1
+        redis.call('XTRIM', KEYS[2], 'MINID', next_offset .. '-0')
+    end
+    if oldest or #batch < 100 then
+        break
+    end
+end
+local entries = {}
+if oldest then
+    local first = math.max(tonumber(ARGV[4]), tonumber(string.match(oldest, '^%d+')))
+    if ARGV[6] == '1' then
+        entries = redis.call('XREVRANGE', KEYS[2], '+', first .. '-0', 'COUNT', ARGV[5])
+    else
+        entries = redis.call('XRANGE', KEYS[2], first .. '-0', '+', 'COUNT', ARGV[5])
+    end
+end
+return {position[1], position[2] or 0, oldest, entries}
+"""
+)
 
 #: How many topics one positions call or one (P)SUBSCRIBE names at most.
 _BATCH = 500
@@ -198,8 +266,10 @@ class RedisBackend(Backend):
         backoff_base: float = 0.05,
         backoff_cap: float = 2.0,
         max_connections: int = 32,
+        retention: Retention = NO_HISTORY,
+        epoch_ttl: float = 7 * 86400,
     ) -> None:
-        super().__init__(on_publication, on_gap=on_gap)
+        super().__init__(on_publication, on_gap=on_gap, retention=retention)
         if command_timeout <= 0 or (connect_timeout is not None and connect_timeout <= 0):
             raise UsageError("command_timeout and connect_timeout must be positive")
         if not 0 < backoff_base <= backoff_cap or health_check_interval <= 0:
@@ -217,6 +287,11 @@ class RedisBackend(Backend):
         self.redacted_url = redact_url(url)
         self._password = _password_of(url)
         self._key_head = f"{key_prefix}:s:"
+        self._stream_head = f"{key_prefix}:h:"
+        self._index_key = f"{key_prefix}:index"
+        # The epoch must outlive the history, and the index must reach as far back as it.
+        self._epoch_ttl_ms = int(max(epoch_ttl, retention.longest_ttl) * 1000)
+        self._index_reach_ms = int(retention.longest_ttl * 1000)
         self._channel_head = f"{key_prefix}:t:".encode()
         self._glob_head = f"{_glob_escape(key_prefix)}:t:".encode()
 
@@ -273,6 +348,7 @@ class RedisBackend(Backend):
         self._client = redis.asyncio.Redis.from_pool(commands)
         self._publish_script = self._client.register_script(_PUBLISH)
         self._positions_script = self._client.register_script(_POSITIONS)
+        self._history_script = self._client.register_script(_HISTORY)
         try:
             async with asyncio.timeout(self.connect_timeout + self.command_timeout):
                 await self._load_scripts()
@@ -310,12 +386,29 @@ class RedisBackend(Backend):
     # --- commands -----------------------------------------------------------------------------
 
     async def publish(self, topic: str, payload: bytes) -> Publication:
-        channel = self._channel_head + topic.encode()
-        args = (channel, secrets.token_hex(8), payload)
-        epoch, offset = await self._command(
-            lambda: self._publish_script(keys=[self._key_head + topic], args=args)
-        )
-        return Publication(topic, payload, int(offset), epoch.decode())
+        keys, args = self._publish_arguments(topic, payload)
+        reply = await self._command(lambda: self._publish_script(keys=keys, args=args))
+        return self._publication(topic, payload, reply)
+
+    def _publish_arguments(self, topic: str, payload: bytes) -> tuple[list[str], list[Any]]:
+        keep = self.retention(topic)
+        keys = [self._key_head + topic, self._stream_head + topic, self._index_key]
+        args = [
+            self._channel_head + topic.encode(),
+            secrets.token_hex(8),
+            payload,
+            keep.size,
+            int(keep.ttl * 1000),
+            self._epoch_ttl_ms,
+            self._index_reach_ms,
+            topic,
+        ]
+        return keys, args
+
+    @staticmethod
+    def _publication(topic: str, payload: bytes, reply: Any) -> Publication:
+        epoch, offset, time_ms = reply
+        return Publication(topic, payload, int(offset), epoch.decode(), int(time_ms))
 
     async def publish_many(
         self, items: Sequence[tuple[str, bytes]]
@@ -332,7 +425,7 @@ class RedisBackend(Backend):
             if isinstance(reply, Exception):
                 results.append(self._command_error(reply))
             else:
-                results.append(Publication(topic, payload, int(reply[1]), reply[0].decode()))
+                results.append(self._publication(topic, payload, reply))
         return results
 
     async def _pipelined_publish(self, items: Sequence[tuple[str, bytes]]) -> list[Any]:
@@ -353,15 +446,55 @@ class RedisBackend(Backend):
         assert self._client is not None
         pipeline = self._client.pipeline(transaction=False)
         for topic, payload in items:
-            channel = self._channel_head + topic.encode()
-            key = self._key_head + topic
-            candidate = secrets.token_hex(8)
-            pipeline.evalsha(self._publish_script.sha, 1, key, channel, candidate, payload)
+            keys, args = self._publish_arguments(topic, payload)
+            pipeline.evalsha(self._publish_script.sha, len(keys), *keys, *args)
         return await pipeline.execute(raise_on_error=False)
 
     async def position(self, topic: str) -> tuple[str, int]:
         [position] = await self._command(lambda: self._positions([topic]))
         return position
+
+    async def history(
+        self, topic: str, *, after: int = 0, limit: int, newest_first: bool = False
+    ) -> History:
+        keep = self.retention(topic)
+        keys = [self._key_head + topic, self._stream_head + topic]
+        args: list[str | int] = [
+            secrets.token_hex(8),
+            self._epoch_ttl_ms,
+            int(keep.ttl * 1000),
+            after + 1,
+            limit,
+            "1" if newest_first else "0",
+        ]
+        epoch, offset, oldest, entries = await self._command(
+            lambda: self._history_script(keys=keys, args=args)
+        )
+        publications = [self._entry(topic, epoch, entry) for entry in entries]
+        if newest_first:
+            publications.reverse()
+        top = int(offset)
+        first = int(oldest.split(b"-")[0]) if oldest else top + 1
+        return History(epoch.decode(), top, publications, first)
+
+    @staticmethod
+    def _entry(topic: str, epoch: bytes, entry: Any) -> Publication:
+        entry_id, fields = entry
+        values = dict(zip(fields[::2], fields[1::2], strict=True))
+        offset = int(entry_id.split(b"-")[0])
+        return Publication(topic, values[b"p"], offset, epoch.decode(), int(values[b"t"]))
+
+    async def topics_since(self, time: int) -> list[str]:
+        assert self._client is not None
+        client = self._client
+        names = await self._command(lambda: client.zrangebyscore(self._index_key, time, "+inf"))
+        return [cast(bytes, name).decode() for name in names]
+
+    async def time(self) -> int:
+        assert self._client is not None
+        client = self._client
+        seconds, microseconds = await self._command(client.time)
+        return int(seconds) * 1000 + int(microseconds) // 1000
 
     async def _command(self, command: Callable[[], Awaitable[_T]]) -> _T:
         """Run a command while up, within ``command_timeout``; Unavailable or InternalError
@@ -390,7 +523,7 @@ class RedisBackend(Backend):
             batch = topics[start : start + _BATCH]
             keys = [self._key_head + topic for topic in batch]
             candidates = [secrets.token_hex(8) for _ in batch]
-            reply = await self._positions_script(keys=keys, args=candidates)
+            reply = await self._positions_script(keys=keys, args=[self._epoch_ttl_ms, *candidates])
             positions.extend(
                 (reply[i].decode(), int(reply[i + 1])) for i in range(0, len(reply), 2)
             )
@@ -399,7 +532,7 @@ class RedisBackend(Backend):
     async def _load_scripts(self) -> None:
         """Load the scripts, so that even the first publish is one round trip."""
         assert self._client is not None
-        for script in (self._publish_script, self._positions_script):
+        for script in (self._publish_script, self._positions_script, self._history_script):
             await self._client.script_load(script.script)
 
     def _command_error(self, exc: Exception) -> Unavailable | InternalError:
@@ -595,9 +728,10 @@ class RedisBackend(Backend):
             topic = channel[len(self._channel_head) :].decode()
             if next(self._patterns.match(topic), None) is None:
                 return  # not subscribed (any more), or a glob wider than the pattern
-            offset_text, epoch_bytes, payload = data.split(b" ", 2)
+            offset_text, epoch_bytes, time_text, payload = data.split(b" ", 3)
             offset = int(offset_text)
             epoch = epoch_bytes.decode()
+            time_ms = int(time_text)
         except ValueError:
             logger.error("redis backend: dropped a malformed message on %r", channel)
             return
@@ -612,7 +746,7 @@ class RedisBackend(Backend):
                 self._gap([topic], f"{topic} changed epoch from {baseline[0]} to {epoch}")
         self._baselines[topic] = (epoch, offset)
         try:
-            self.on_publication(Publication(topic, payload, offset, epoch))
+            self.on_publication(Publication(topic, payload, offset, epoch, time_ms))
         except Exception:
             logger.exception("redis backend: on_publication failed for %s #%d", topic, offset)
 

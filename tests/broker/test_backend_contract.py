@@ -16,17 +16,23 @@ import pytest
 from hub.broker.backend import Backend, OnPublication, Publication
 from hub.broker.memory import MemoryBackend
 from hub.broker.redis import RedisBackend
+from hub.broker.retention import Keep, Retention
 
 BackendFactory = Callable[[OnPublication], Backend]
+
+
+#: Five publications of history for every topic but those under "short." (two, for 0.3 s) and
+#: "off." (none).
+RETENTION = Retention(Keep(5, 60.0), [("short.>", Keep(2, 0.3)), ("off.>", Keep(0, 60.0))])
 
 
 @pytest.fixture(params=["memory", "redis"])
 def factory(request: pytest.FixtureRequest) -> BackendFactory:
     if request.param == "memory":
-        return MemoryBackend
+        return functools.partial(MemoryBackend, retention=RETENTION)
     url: str = request.getfixturevalue("redis_url")
     prefix: str = request.getfixturevalue("redis_prefix")
-    return functools.partial(RedisBackend, url=url, key_prefix=prefix)
+    return functools.partial(RedisBackend, url=url, key_prefix=prefix, retention=RETENTION)
 
 
 class Recorder:
@@ -186,3 +192,49 @@ async def test_publish_many_publishes_in_order(started: tuple[Backend, Recorder]
     await recorder.wait_for(102)
     assert recorder.publications[1:] == results
     assert await backend.publish_many([]) == []
+
+
+# --- history ----------------------------------------------------------------------------------
+
+
+async def test_history_keeps_the_last_publications(started: tuple[Backend, Recorder]) -> None:
+    backend, _ = started
+    empty = await backend.history("h", limit=10)
+    assert (empty.offset, empty.publications, empty.oldest) == (0, [], 1)
+    published = [await backend.publish("h", str(i).encode()) for i in range(1, 9)]
+    assert all(p.time > 0 for p in published)
+    assert [p.time for p in published] == sorted(p.time for p in published)
+    everything = await backend.history("h", limit=10)
+    assert (everything.epoch, everything.offset, everything.oldest) == (empty.epoch, 8, 4)
+    assert everything.publications == published[3:]  # size 5, payloads and times included
+    assert (await backend.history("h", after=5, limit=10)).publications == published[5:]
+    assert (await backend.history("h", after=1, limit=2)).publications == published[3:5]
+    newest = await backend.history("h", limit=2, newest_first=True)
+    assert newest.publications == published[6:]  # the newest two, oldest first
+    assert (await backend.history("h", after=8, limit=10)).publications == []
+
+
+async def test_history_by_rule_and_age(started: tuple[Backend, Recorder]) -> None:
+    backend, _ = started
+    await backend.publish("off.x", b"1")
+    off = await backend.history("off.x", limit=10)
+    assert (off.offset, off.publications, off.oldest) == (1, [], 2)
+    short = [await backend.publish("short.x", str(i).encode()) for i in range(3)]
+    assert (await backend.history("short.x", limit=10)).publications == short[1:]
+    await asyncio.sleep(0.35)  # let the 0.3 s ttl pass: wall-clock time is the point here
+    aged = await backend.history("short.x", limit=10)
+    assert (aged.offset, aged.publications, aged.oldest) == (3, [], 4)
+
+
+async def test_the_index_lists_topics_by_their_last_publication(
+    started: tuple[Backend, Recorder],
+) -> None:
+    backend, _ = started
+    await backend.publish("old", b"")
+    before = await backend.time()
+    later = await backend.publish("new", b"")
+    assert later.time >= before
+    assert "new" in await backend.topics_since(before)
+    assert "old" not in await backend.topics_since(later.time + 1)
+    await backend.publish("old", b"")
+    assert {"old", "new"} <= set(await backend.topics_since(before))
