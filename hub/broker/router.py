@@ -7,6 +7,9 @@
 - Every publication the backend delivers is fanned out by :meth:`Router.deliver`: the payload
   is decoded once, each matching pattern's ``msg`` is encoded once per codec in use, and the
   same encoded frame is pushed to every subscriber's outbox. Nothing in the fan-out awaits.
+- A subscription that is being recovered is *held* (:meth:`Router.hold`): its live
+  publications wait in a list while the replay goes out, and :meth:`Router.release` then
+  pushes those the replay did not cover, without yielding in between.
 """
 
 from __future__ import annotations
@@ -75,6 +78,9 @@ class Router:
         # A lock lives while a coroutine holds or awaits it, so idle patterns cost nothing.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.delivered = 0  # frames pushed to subscribers, for metrics
+        #: Held subscriptions: (pattern, subscriber) -> the live publications kept for it.
+        self._held: dict[tuple[str, Subscriber], list[Publication]] = {}
+        self.hold_limit = 10_000  # publications held per subscription before it is lost
 
     async def start(self) -> None:
         await self.backend.start()
@@ -110,29 +116,66 @@ class Router:
         and in one round trip where the backend can; per item, its publication or its error."""
         return await self.backend.publish_many(items)
 
+    def hold(self, pattern: str, subscriber: Subscriber) -> None:
+        """Keep the subscription's live publications aside from now on (call it before
+        :meth:`subscribe`), until :meth:`release`."""
+        self._held[pattern, subscriber] = []
+
+    def release(self, pattern: str, subscriber: Subscriber, seen: dict[str, int]) -> None:
+        """Push the held publications above ``seen[topic]`` (all of a topic not in ``seen``)
+        and deliver live again. A gap between ``seen`` and what was held means the backend
+        lost publications: the subscriber is told (:meth:`Subscriber.lost`)."""
+        held = self._held.pop((pattern, subscriber), None)
+        if not held:
+            return
+        for publication in held:
+            last = seen.get(publication.topic)
+            if last is not None:
+                if publication.offset <= last:
+                    continue  # the replay or the position already covered it
+                if publication.offset != last + 1:
+                    subscriber.lost(f"insufficient state: a gap in {publication.topic}")
+                    return
+            seen[publication.topic] = publication.offset
+            subscriber.push(self.frame(publication, pattern, subscriber.codec))
+
+    def unhold(self, pattern: str, subscriber: Subscriber) -> None:
+        """Forget a hold without delivering (the subscription failed or is gone)."""
+        self._held.pop((pattern, subscriber), None)
+
+    def frame(self, publication: Publication, pattern: str, codec: Codec) -> Any:
+        """One subscriber's ``msg`` frame of a publication (for replays and held ones)."""
+        return _prepare(codec, _message(publication, pattern, decode_payload(publication.payload)))
+
     def deliver(self, publication: Publication) -> None:
         """Fan a publication out to every local subscriber (the backend's callback)."""
         data: Any = None
         decoded = False
+        held = self._held
         for pattern, subscribers in self.registry.match(publication.topic):
             if not decoded:
                 data = decode_payload(publication.payload)
                 decoded = True
-            message = {
-                "op": "msg",
-                "topic": publication.topic,
-                "sub": pattern,
-                "data": data,
-                "offset": publication.offset,
-                "epoch": publication.epoch,
-            }
+            message = _message(publication, pattern, data)
             frames: dict[Codec, Any] = {}  # one prepared message per codec, shared by everyone
             for subscriber in subscribers:
+                if held and self._keep_held(pattern, subscriber, publication):
+                    continue
                 frame = frames.get(subscriber.codec)
                 if frame is None:
                     frame = frames[subscriber.codec] = _prepare(subscriber.codec, message)
                 subscriber.push(frame)
             self.delivered += len(subscribers)
+
+    def _keep_held(self, pattern: str, subscriber: Subscriber, publication: Publication) -> bool:
+        kept = self._held.get((pattern, subscriber))
+        if kept is None:
+            return False
+        if len(kept) < self.hold_limit:
+            kept.append(publication)
+        else:
+            subscriber.lost("insufficient state: too many publications during its recovery")
+        return True
 
     def lost(self, patterns: Sequence[str]) -> None:
         """The backend's notice that these patterns' subscribers may have missed publications."""
@@ -153,6 +196,17 @@ class Router:
             lock = asyncio.Lock()
             self._locks[pattern] = lock
         return lock
+
+
+def _message(publication: Publication, pattern: str, data: Any) -> dict[str, Any]:
+    return {
+        "op": "msg",
+        "topic": publication.topic,
+        "sub": pattern,
+        "data": data,
+        "offset": publication.offset,
+        "epoch": publication.epoch,
+    }
 
 
 def _prepare(codec: Codec, message: dict[str, Any]) -> Any:

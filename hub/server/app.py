@@ -41,10 +41,13 @@ logger = logging.getLogger("hub.server")
 
 def backend_factory(settings: Settings) -> BackendFactory:
     """The backend that ``settings.backend`` names: ``memory://`` or a Redis URL."""
+    retention = settings.retention()
     if settings.backend == "memory://":
-        return MemoryBackend
+        return functools.partial(MemoryBackend, retention=retention)
     return functools.partial(
         RedisBackend,
+        retention=retention,
+        epoch_ttl=settings.epoch_ttl,
         url=settings.backend,
         key_prefix=settings.redis_prefix,
         command_timeout=settings.redis_timeout,
@@ -129,6 +132,7 @@ class Hub:
         self.settings = settings or Settings()
         self.node_id = self.settings.node_id or secrets.token_hex(6)
         self.router = Router(backend_factory(self.settings))
+        self.router.hold_limit = self.settings.outbox_messages
         self.sessions: set[Session] = set()
         self.server: WebSocketServer | None = None
 

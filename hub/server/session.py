@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hub.broker.backend import Publication
 from hub.broker.outbox import Outbox
-from hub.broker.router import encode_payload
+from hub.broker.recovery import Plan, plan_pattern, plan_topic
+from hub.broker.router import decode_payload, encode_payload
 from hub.broker.topics import is_pattern
 from hub.exceptions import (
     BadRequest,
@@ -34,7 +35,17 @@ from hub.protocol.asyncio import WebSocketServerProtocol
 from hub.protocol.connection import PreparedMessage
 from hub.server.publisher import Publisher
 from hub.wire.codecs import select_codec
-from hub.wire.messages import History, Presence, Pub, Sub, Unsub, parse_request, request_id
+from hub.wire.messages import (
+    History,
+    PatternRecovery,
+    Position,
+    Presence,
+    Pub,
+    Sub,
+    Unsub,
+    parse_request,
+    request_id,
+)
 
 if TYPE_CHECKING:
     from hub.server.app import Hub
@@ -47,6 +58,9 @@ logger = logging.getLogger("hub.server")
 GARBAGE = (BadRequest, UnknownOp, InvalidTopic)
 
 SLOW_CONSUMER = 4008
+
+#: A replay waits for the outbox to drain after this many messages.
+REPLAY_CHUNK = 100
 
 
 class Session:
@@ -182,30 +196,99 @@ class Session:
         await self.publisher.drained()
         router = self.hub.router
         if isinstance(request, Sub):
-            pattern = request.topic
-            added = pattern not in self.subscriptions
-            if added:
-                limit = self.hub.settings.max_subscriptions
-                if len(self.subscriptions) >= limit:
-                    raise BadRequest(f"at most {limit} subscriptions per connection")
-                await router.subscribe(pattern, self)
-                self.subscriptions.add(pattern)
-            fields: dict[str, Any] = {"recovered": False}
-            if not is_pattern(pattern):
-                try:
-                    epoch, offset = await router.backend.position(pattern)
-                except RequestError:  # unavailable: a new subscription is undone, not kept
-                    if added:
-                        self.subscriptions.discard(pattern)
-                        await router.unsubscribe(pattern, self)
-                    raise
-                fields.update(epoch=epoch, offset=offset)
-            self._ok(request.id, **fields)
+            await self._subscribe(request)
         elif isinstance(request, Unsub):
             if request.topic not in self.subscriptions:
                 raise NotSubscribed(f"not subscribed to {request.topic!r}")
             self.subscriptions.discard(request.topic)
             await router.unsubscribe(request.topic, self)
             self._ok(request.id)
+        elif isinstance(request, History):
+            await self._history(request)
         else:
             raise Unavailable(f"{request.op} is not available yet in this version of hub")
+
+    async def _subscribe(self, request: Sub) -> None:
+        """Subscribe, recover what the client missed if it asks, and answer. The ok comes
+        first, then the replay, then live messages (docs/protocol.md, "Recovery")."""
+        pattern, recover = request.topic, request.recover
+        concrete = not is_pattern(pattern)
+        if recover is not None and isinstance(recover, Position) != concrete:
+            shape = "{epoch, offset}" if concrete else "{since, topics}"
+            raise BadRequest(f"recover for {pattern!r} must be {shape}")
+        if pattern in self.subscriptions:
+            # Already subscribed: nothing to replay (it would repeat what was delivered).
+            fields: dict[str, Any] = {"recovered": False}
+            if concrete:
+                fields.update(
+                    zip(
+                        ("epoch", "offset"),
+                        await self.hub.router.backend.position(pattern),
+                        strict=True,
+                    )
+                )
+            self._ok(request.id, **fields)
+            return
+        limit = self.hub.settings.max_subscriptions
+        if len(self.subscriptions) >= limit:
+            raise BadRequest(f"at most {limit} subscriptions per connection")
+        router = self.hub.router
+        router.hold(pattern, self)
+        try:
+            await router.subscribe(pattern, self)
+        except BaseException:
+            router.unhold(pattern, self)
+            raise
+        self.subscriptions.add(pattern)
+        try:
+            plan = await self._plan(pattern, recover)
+        except BaseException:  # unavailable: the new subscription is undone, not kept
+            router.unhold(pattern, self)
+            self.subscriptions.discard(pattern)
+            await router.unsubscribe(pattern, self)
+            raise
+        if concrete:
+            self._ok(request.id, epoch=plan.epoch, offset=plan.offset, recovered=plan.recovered)
+        else:
+            self._ok(request.id, recovered=plan.recovered, time=plan.time)
+        try:
+            for count, publication in enumerate(plan.replay, 1):
+                self.push(router.frame(publication, pattern, self.codec))
+                if not count % REPLAY_CHUNK:
+                    await self.outbox.drained()  # bounded memory for a long replay
+        finally:
+            router.release(pattern, self, plan.seen)
+
+    async def _plan(self, pattern: str, recover: Position | PatternRecovery | None) -> Plan:
+        backend, limit = self.hub.router.backend, self.hub.settings.recovery_limit
+        if isinstance(recover, PatternRecovery):
+            positions = {t: (p.epoch, p.offset) for t, p in recover.topics.items()}
+            return await plan_pattern(backend, pattern, recover.since, positions, limit)
+        if is_pattern(pattern):
+            return await plan_pattern(backend, pattern, None, {}, limit)
+        if recover is None:
+            return await plan_topic(backend, pattern, None, 0, limit)
+        return await plan_topic(backend, pattern, recover.epoch, recover.offset, limit)
+
+    async def _history(self, request: History) -> None:
+        """Answer with the topic's position and its retained publications (oldest first, or
+        newest first with ``reverse``); ``since`` of another epoch counts from the start."""
+        limit = min(
+            request.limit or self.hub.settings.recovery_limit, self.hub.settings.recovery_limit
+        )
+        router = self.hub.router
+        since = request.since
+        after = since.offset if since is not None else 0
+        history = await router.backend.history(
+            request.topic, after=after, limit=limit, newest_first=request.reverse
+        )
+        if since is not None and since.epoch != history.epoch and after:
+            history = await router.backend.history(
+                request.topic, limit=limit, newest_first=request.reverse
+            )
+        publications = history.publications[::-1] if request.reverse else history.publications
+        messages = [
+            {"offset": p.offset, "data": decode_payload(p.payload), "time": p.time}
+            for p in publications
+        ]
+        self._ok(request.id, epoch=history.epoch, offset=history.offset, messages=messages)

@@ -6,12 +6,34 @@ An invalid value fails at start with a message that names the setting.
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings"]
+from hub.broker.retention import Keep, Retention
+from hub.broker.topics import validate_pattern
+from hub.exceptions import InvalidTopic
+
+__all__ = ["HistoryRule", "Settings"]
+
+
+def _pattern(value: str) -> str:
+    try:
+        return validate_pattern(value)
+    except InvalidTopic as exc:  # no ValueError: pydantic would let it through unreported
+        raise ValueError(str(exc)) from None
+
+
+class HistoryRule(BaseModel):
+    """History for the topics that ``pattern`` matches, instead of the defaults."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    pattern: Annotated[str, AfterValidator(_pattern)]
+    size: int = Field(ge=0, le=1_000_000)
+    ttl: float = Field(gt=0)
 
 
 class Settings(BaseSettings):
@@ -48,6 +70,24 @@ class Settings(BaseSettings):
     ping_timeout: float | None = Field(default=20.0, gt=0)
     drain_timeout: float = Field(default=5.0, ge=0, description="to flush queues at shutdown")
 
+    # History and recovery (docs/protocol.md, "History").
+    history_size: int = Field(
+        default=100, ge=0, le=1_000_000, description="publications kept per topic; 0: no history"
+    )
+    history_ttl: float = Field(
+        default=300.0, gt=0, description="seconds a publication stays in history"
+    )
+    history_rules: list[HistoryRule] = Field(
+        default_factory=list,
+        description='per-pattern history, JSON: [{"pattern": "chat.>", "size": 1000, "ttl": 3600}]',
+    )
+    recovery_limit: int = Field(
+        default=1000, ge=1, description="most publications one recovery or history request gives"
+    )
+    epoch_ttl: float = Field(
+        default=7 * 86400.0, gt=0, description="seconds a topic's offsets outlive its last publish"
+    )
+
     # The Redis backend (docs/deployment.md), in seconds.
     redis_prefix: str = Field(
         default="hub", min_length=1, pattern=r"^[A-Za-z0-9_:-]+$", description="key prefix"
@@ -65,6 +105,16 @@ class Settings(BaseSettings):
         if value == "memory://" or value.startswith(("redis://", "rediss://", "unix://")):
             return value
         raise ValueError("must be memory:// or a Redis URL (redis://, rediss://, unix://)")
+
+    @field_validator("history_rules", mode="before")
+    @classmethod
+    def _rules_from_json(cls, value: object) -> object:
+        return json.loads(value) if isinstance(value, str) else value
+
+    def retention(self) -> Retention:
+        """What each topic keeps, for the backend."""
+        rules = [(rule.pattern, Keep(rule.size, rule.ttl)) for rule in self.history_rules]
+        return Retention(Keep(self.history_size, self.history_ttl), rules)
 
     @field_validator("log_level", mode="before")
     @classmethod

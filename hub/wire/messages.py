@@ -20,6 +20,7 @@ __all__ = [
     "OPS",
     "History",
     "Pattern",
+    "PatternRecovery",
     "Position",
     "Presence",
     "Pub",
@@ -59,10 +60,20 @@ Topic = Annotated[str, AfterValidator(validate_topic)]
 Pattern = Annotated[str, AfterValidator(validate_pattern)]
 
 
+class PatternRecovery(BaseModel):
+    """Where a wildcard subscription stopped: the ``time`` of its last ``ok`` and the last
+    position of every concrete topic it received."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    since: Annotated[int, Field(ge=0)]
+    topics: dict[Topic, Position] = Field(default_factory=dict)
+
+
 class Sub(_Request):
     op: Literal["sub"]
     topic: Pattern
-    recover: Position | None = None
+    recover: Position | PatternRecovery | None = None
 
 
 class Unsub(_Request):
@@ -81,6 +92,7 @@ class History(_Request):
     topic: Topic
     since: Position | None = None
     limit: Annotated[int, Field(ge=1)] | None = None
+    reverse: bool = False
 
 
 class Presence(_Request):
