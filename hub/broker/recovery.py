@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from hub.broker.backend import Backend, History, Publication
 from hub.broker.topics import matches
 
-__all__ = ["Plan", "plan_pattern", "plan_topic"]
+__all__ = ["Plan", "plan_pattern", "plan_topic", "replay_after", "replay_since"]
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Plan:
     time: int = 0
 
 
-def _after(history: History, epoch: str, offset: int, limit: int) -> list[Publication] | None:
+def replay_after(history: History, epoch: str, offset: int, limit: int) -> list[Publication] | None:
     """The publications after ``offset`` if ``history`` holds all of them and there are at most
     ``limit``; None when the gap cannot be closed."""
     missed = history.offset - offset
@@ -51,7 +51,7 @@ def _after(history: History, epoch: str, offset: int, limit: int) -> list[Public
     return replay
 
 
-def _since(history: History, since: int, limit: int) -> list[Publication] | None:
+def replay_since(history: History, since: int, limit: int) -> list[Publication] | None:
     """A topic's publications at or after time ``since``, if history holds them all."""
     replay = [p for p in history.publications if p.time >= since]
     if len(replay) > limit:
@@ -71,7 +71,7 @@ async def plan_topic(
         position = await backend.position(topic)
         return Plan(False, seen={topic: position[1]}, epoch=position[0], offset=position[1])
     history = await backend.history(topic, after=offset, limit=limit + 1)
-    replay = _after(history, epoch, offset, limit)
+    replay = replay_after(history, epoch, offset, limit)
     return Plan(
         replay is not None,
         replay or [],
@@ -98,7 +98,7 @@ async def plan_pattern(
     known = {t: position for t, position in positions.items() if matches(pattern, t)}
     for topic, (epoch, offset) in known.items():
         history = await backend.history(topic, after=offset, limit=budget + 1)
-        missed = _after(history, epoch, offset, budget)
+        missed = replay_after(history, epoch, offset, budget)
         if missed is None:
             return Plan(False, time=now)
         replay += missed
@@ -108,7 +108,7 @@ async def plan_pattern(
         if topic in known or not matches(pattern, topic):
             continue
         history = await backend.history(topic, limit=budget + 1, newest_first=True)
-        missed = _since(history, since, budget)
+        missed = replay_since(history, since, budget)
         if missed is None:
             return Plan(False, time=now)
         replay += missed

@@ -36,12 +36,12 @@ Baselines of topics that no subscribed pattern matches any more are forgotten.
 **Outages.** When the pub/sub connection fails, the backend is ``"down"``: publish and position
 fail at once with Unavailable, subscribe and unsubscribe only change the local registry. The
 reader reconnects with exponential backoff and full jitter, subscribes everything again, then
-reads the position of every topic with a baseline: where the epoch changed or the offset moved,
-publications were missed and ``on_gap`` is called for the patterns that match the topic. For a
-wildcard pattern the node cannot know which topics that it never saw were published during the
-outage, so after any reconnect of the pub/sub connection ``on_gap`` is called for every
-subscribed wildcard pattern. That is conservative: history and recovery will narrow it to the
-topics that moved. A subscription that Redis does not confirm within ``command_timeout`` (a hung
+backfills: for every topic with a baseline it reads the history after the baseline and
+delivers what was missed, in order; for wildcard patterns it asks the topic index for the
+topics published since the last publication it received (``_clock``, Redis's time) and
+replays those it never saw from that time on. Only where history does not cover a gap (the
+epoch changed, the history was trimmed or is off) is ``on_gap`` called, for the patterns that
+match the topic. A subscription that Redis does not confirm within ``command_timeout`` (a hung
 Redis) fails with Unavailable and takes the pub/sub connection down the same way. A failure of
 the reader that is not a connection error is logged with its traceback, and the reader starts
 over as after an outage (reconnect, resubscribe, report gaps): it never dies silently.
@@ -65,6 +65,7 @@ from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError
 
 from hub.broker.backend import Backend, History, OnGap, OnPublication, Publication
+from hub.broker.recovery import replay_after, replay_since
 from hub.broker.registry import Registry
 from hub.broker.retention import NO_HISTORY, Retention
 from hub.broker.topics import SINGLE, TAIL, is_pattern, matches
@@ -312,6 +313,9 @@ class RedisBackend(Backend):
         self._reader: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._down_since = 0.0
+        #: The time (Redis's clock, ms) of the last publication received, or of the start:
+        #: after a reconnect, topics published since then may have been missed.
+        self._clock = 0
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -352,6 +356,7 @@ class RedisBackend(Backend):
         try:
             async with asyncio.timeout(self.connect_timeout + self.command_timeout):
                 await self._load_scripts()
+                self._clock = await self._time()
                 self._conn, _, queued = await self._open()
         except (redis.exceptions.RedisError, OSError) as exc:
             await self._release()
@@ -457,19 +462,23 @@ class RedisBackend(Backend):
     async def history(
         self, topic: str, *, after: int = 0, limit: int, newest_first: bool = False
     ) -> History:
-        keep = self.retention(topic)
+        return await self._command(lambda: self._read_history(topic, after, limit, newest_first))
+
+    async def _read_history(
+        self, topic: str, after: int, limit: int, newest_first: bool = False
+    ) -> History:
         keys = [self._key_head + topic, self._stream_head + topic]
+        ttl_ms = int(self.retention(topic).ttl * 1000)
+        order = "1" if newest_first else "0"
         args: list[str | int] = [
             secrets.token_hex(8),
             self._epoch_ttl_ms,
-            int(keep.ttl * 1000),
+            ttl_ms,
             after + 1,
             limit,
-            "1" if newest_first else "0",
+            order,
         ]
-        epoch, offset, oldest, entries = await self._command(
-            lambda: self._history_script(keys=keys, args=args)
-        )
+        epoch, offset, oldest, entries = await self._history_script(keys=keys, args=args)
         publications = [self._entry(topic, epoch, entry) for entry in entries]
         if newest_first:
             publications.reverse()
@@ -485,15 +494,19 @@ class RedisBackend(Backend):
         return Publication(topic, values[b"p"], offset, epoch.decode(), int(values[b"t"]))
 
     async def topics_since(self, time: int) -> list[str]:
+        return await self._command(lambda: self._topics_since(time))
+
+    async def _topics_since(self, time: int) -> list[str]:
         assert self._client is not None
-        client = self._client
-        names = await self._command(lambda: client.zrangebyscore(self._index_key, time, "+inf"))
+        names = await self._client.zrangebyscore(self._index_key, time, "+inf")
         return [cast(bytes, name).decode() for name in names]
 
     async def time(self) -> int:
+        return await self._command(self._time)
+
+    async def _time(self) -> int:
         assert self._client is not None
-        client = self._client
-        seconds, microseconds = await self._command(client.time)
+        seconds, microseconds = await self._client.time()
         return int(seconds) * 1000 + int(microseconds) // 1000
 
     async def _command(self, command: Callable[[], Awaitable[_T]]) -> _T:
@@ -745,10 +758,18 @@ class RedisBackend(Backend):
             else:
                 self._gap([topic], f"{topic} changed epoch from {baseline[0]} to {epoch}")
         self._baselines[topic] = (epoch, offset)
+        self._clock = time_ms
+        self._deliver(Publication(topic, payload, offset, epoch, time_ms))
+
+    def _deliver(self, publication: Publication) -> None:
         try:
-            self.on_publication(Publication(topic, payload, offset, epoch, time_ms))
+            self.on_publication(publication)
         except Exception:
-            logger.exception("redis backend: on_publication failed for %s #%d", topic, offset)
+            logger.exception(
+                "redis backend: on_publication failed for %s #%d",
+                publication.topic,
+                publication.offset,
+            )
 
     def _gap(self, topics: Sequence[str], reason: str, extra: Sequence[str] = ()) -> None:
         patterns = dict.fromkeys(p for topic in topics for p, _ in self._patterns.match(topic))
@@ -804,8 +825,7 @@ class RedisBackend(Backend):
                 time.monotonic() - self._down_since,
             )
             self._state = "up"
-            missed_topics, wildcards = missed
-            self._gap(missed_topics, "the pub/sub connection was lost", wildcards)
+            self._gap(missed, "the pub/sub connection was lost and history did not cover it")
             return self._conn, queued
 
     async def _drop_conn(self) -> None:
@@ -813,24 +833,48 @@ class RedisBackend(Backend):
         if conn is not None:
             await conn.disconnect(nowait=True)
 
-    async def _resync(self) -> tuple[list[str], list[str]]:
-        """Compare baselines with positions after a reconnect; return the topics that moved,
-        and the wildcard patterns (which may have missed topics they never saw)."""
+    async def _resync(self) -> list[str]:
+        """After a reconnect, deliver from history what the node missed; return the topics
+        whose gap history did not cover.
+
+        A topic with a baseline is read after its baseline. For wildcard patterns, the topic
+        index names the topics published since the last publication the node received; those
+        without a baseline are new to the node and replayed from that time on.
+        """
         await self._load_scripts()  # a restarted Redis lost them
-        topics = list(self._baselines)
-        topics += [p for p in self._patterns.patterns() if p not in self._baselines]
-        topics = [t for t in topics if not is_pattern(t)]
-        positions = await self._positions(topics)
-        moved = []
-        for topic, position in zip(topics, positions, strict=True):
-            if next(self._patterns.match(topic), None) is None:
-                self._baselines.pop(topic, None)
-                continue
-            baseline = self._baselines.get(topic)
-            if baseline is not None and baseline != position:
-                moved.append(topic)
+        uncovered: list[str] = []
+        for topic in [t for t in self._baselines if next(self._patterns.match(t), None) is None]:
+            del self._baselines[topic]
+        for topic, (epoch, offset) in list(self._baselines.items()):
+            history = await self._read_history(topic, offset, self.retention(topic).size + 1)
+            missed = replay_after(history, epoch, offset, self.retention(topic).size)
+            self._backfill(topic, history, missed, uncovered)
+        subscribed = [p for p in self._patterns.patterns() if not is_pattern(p)]
+        fresh = [t for t in subscribed if t not in self._baselines]
+        for topic, position in zip(fresh, await self._positions(fresh), strict=True):
             self._baselines[topic] = position
-        return moved, [p for p in self._patterns.patterns() if is_pattern(p)]
+        wildcards = [p for p in self._patterns.patterns() if is_pattern(p)]
+        if wildcards:
+            for topic in await self._topics_since(self._clock):
+                if topic in self._baselines or next(self._patterns.match(topic), None) is None:
+                    continue
+                size = self.retention(topic).size
+                history = await self._read_history(topic, 0, size + 1, newest_first=True)
+                self._backfill(topic, history, replay_since(history, self._clock, size), uncovered)
+        return uncovered
+
+    def _backfill(
+        self, topic: str, history: History, missed: list[Publication] | None, uncovered: list[str]
+    ) -> None:
+        """Deliver ``missed`` (None: history did not cover the gap) and move the baseline."""
+        self._baselines[topic] = (history.epoch, history.offset)
+        if missed is None:
+            uncovered.append(topic)
+            return
+        if missed:
+            logger.info("redis backend: backfilled %d publications of %s", len(missed), topic)
+        for publication in missed:
+            self._deliver(publication)
 
     async def _open(self) -> tuple[_Connection, set[_Target], list[Any]]:
         """A new pub/sub connection subscribed to every target, the targets it is subscribed
