@@ -86,7 +86,7 @@ from fanout import (
     user_cpu_seconds,
 )
 
-from hub.broker.redis import _POSITIONS, _PUBLISH
+from hub.broker.redis_scripts import HISTORY, POSITIONS, PUBLISH
 
 MEMORY = "memory"
 REDIS = "redis"
@@ -101,7 +101,7 @@ RTT_CHUNK = 25
 # The commands that the hub's Lua scripts run inside EVALSHA: Redis counts them as commands,
 # but they are no round trips.
 SCRIPT_COMMANDS = frozenset(
-    name.lower() for name in re.findall(r"redis\.call\('(\w+)'", _PUBLISH + _POSITIONS)
+    name.lower() for name in re.findall(r"redis\.call\('(\w+)'", PUBLISH + POSITIONS + HISTORY)
 )
 # Log lines of a hub node worth reporting (its format: "time LEVEL logger: message").
 HUB_TROUBLE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
