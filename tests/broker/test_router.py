@@ -149,3 +149,44 @@ async def test_a_gap_reaches_exactly_the_subscribers_of_the_lost_patterns() -> N
     assert "chat.*" in hit.lost_reasons[0]
     assert spared.lost_reasons == []
     await router.close()
+
+
+async def test_a_held_subscription_gets_what_the_replay_did_not_cover(router: Router) -> None:
+    held, live = FakeSession(), FakeSession()
+    await router.subscribe("t.*", live)
+    router.hold("t.*", held)
+    await router.subscribe("t.*", held)
+    for topic in ("t.a", "t.a", "t.b", "t.a"):
+        await router.publish(topic, topic)
+    assert held.frames == [] and len(live.frames) == 4
+    # The replay covered t.a up to 2; t.b was not replayed at all.
+    router.release("t.*", held, {"t.a": 2})
+    assert [(m["topic"], m["offset"]) for m in held.messages()] == [("t.b", 1), ("t.a", 3)]
+    await router.publish("t.a", "live")
+    assert [m["offset"] for m in held.messages()][-1] == 4  # live again
+    assert held.lost_reasons == []
+
+
+async def test_a_gap_between_the_replay_and_the_held_ones_is_reported(router: Router) -> None:
+    session = FakeSession()
+    await router.publish("t", 1)
+    router.hold("t", session)
+    await router.subscribe("t", session)
+    await router.publish("t", 2)
+    await router.publish("t", 3)
+    router.release("t", session, {"t": 0})  # offset 1 is in neither: a gap
+    assert session.frames == []
+    assert session.lost_reasons and "gap" in session.lost_reasons[0]
+
+
+async def test_too_many_held_publications_lose_the_subscription(router: Router) -> None:
+    session = FakeSession()
+    router.hold_limit = 3
+    router.hold("t", session)
+    await router.subscribe("t", session)
+    for i in range(4):
+        await router.publish("t", i)
+    assert len(session.lost_reasons) == 1
+    router.unhold("t", session)
+    await router.publish("t", "after")
+    assert [m["data"] for m in session.messages()] == ["after"]
