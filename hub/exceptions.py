@@ -20,12 +20,20 @@
     ├── InsufficientState           4010: the hub lost its place in a subscription's streams
     ├── UsageError                  the caller misused the API (we are at fault, not the peer)
     │   └── ConcurrencyError        two tasks called recv() at once, or similar
+    ├── ClientError                 the client SDK (hub_client) could not do what was asked
+    │   ├── RequestTimeout          no reply within the request's timeout
+    │   ├── Disconnected            not connected (and not waiting), or the connection dropped
+    │   │                           before the reply came: the request may or may not have run
+    │   └── NotRecovered            a subscription missed publications that could not be replayed
     └── RequestError                a hub request cannot be served (carries the wire error code)
         ├── BadRequest              bad_request: not a valid request (syntax, types, limits)
         ├── UnknownOp               unknown_op: a request whose op the hub does not know
         ├── InvalidTopic            invalid_topic: a topic or pattern that breaks the contract
         ├── NotSubscribed           not_subscribed: unsub of a pattern the client does not hold
+        ├── Unauthorized            unauthorized: credentials missing, invalid or expired
+        ├── Forbidden               forbidden: the credentials do not allow this request
         ├── TooLarge                too_large: a request over a size limit
+        ├── RateLimited             rate_limited: requests too fast
         ├── Unavailable             unavailable: the hub cannot serve it now (or not yet)
         └── InternalError           internal: a bug on the hub's side
 
@@ -43,10 +51,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BadRequest",
+    "ClientError",
     "ConcurrencyError",
     "ConnectionClosed",
     "ConnectionClosedError",
     "ConnectionClosedOK",
+    "Disconnected",
+    "Forbidden",
     "HandshakeError",
     "HandshakeTimeout",
     "HubError",
@@ -60,14 +71,19 @@ __all__ = [
     "InvalidTopic",
     "InvalidVersion",
     "NegotiationError",
+    "NotRecovered",
     "NotSubscribed",
     "PayloadTooBig",
     "ProtocolError",
+    "RateLimited",
     "RequestError",
+    "RequestTimeout",
     "TooLarge",
+    "Unauthorized",
     "Unavailable",
     "UnknownOp",
     "UsageError",
+    "error_for_code",
 ]
 
 
@@ -233,6 +249,32 @@ class ConcurrencyError(UsageError, RuntimeError):
     """Two coroutines did at once what only one may do (e.g. ``recv()``)."""
 
 
+# --- the client SDK ----------------------------------------------------------------------------
+
+
+class ClientError(HubError):
+    """The client SDK could not carry out a request or keep a promise."""
+
+
+class RequestTimeout(ClientError, TimeoutError):
+    """No reply came within the request's timeout; the request may still have run."""
+
+
+class Disconnected(ClientError):
+    """The client is not connected, or lost the connection before the reply came (then the
+    request may or may not have run: retry only what is safe to repeat)."""
+
+
+class NotRecovered(ClientError):
+    """After a reconnect, the hub could not replay what a subscription missed
+    (``recovered: false``). The subscription goes on with live messages; ``topic`` is the
+    concrete topic or pattern concerned."""
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
 # --- hub requests (the wire protocol, PROTOCOL.md) ------------------------------------------------
 
 
@@ -266,6 +308,24 @@ class NotSubscribed(RequestError):
     code = "not_subscribed"
 
 
+class Unauthorized(RequestError):
+    """Credentials are missing, invalid or expired."""
+
+    code = "unauthorized"
+
+
+class Forbidden(RequestError):
+    """The credentials do not allow this request."""
+
+    code = "forbidden"
+
+
+class RateLimited(RequestError):
+    """The client sends requests faster than the hub allows."""
+
+    code = "rate_limited"
+
+
 class TooLarge(RequestError):
     """A request over a size limit."""
 
@@ -282,3 +342,14 @@ class InternalError(RequestError):
     """The hub failed while serving the request; the details are in its log."""
 
     code = "internal"
+
+
+def error_for_code(code: str, message: str) -> RequestError:
+    """The exception for an ``error`` reply's ``code`` (a RequestError for a code this version
+    does not know, with that code)."""
+    for cls in RequestError.__subclasses__():
+        if cls.code == code:
+            return cls(message)
+    error = RequestError(message)
+    error.code = code
+    return error
