@@ -738,7 +738,9 @@ class RedisBackend(Backend):
                 time.monotonic() - self._down_since,
             )
             self._state = "up"
-            self._gap(missed, "the pub/sub connection was lost and history did not cover it")
+            topics, patterns = missed
+            reason = "the pub/sub connection was lost and history did not cover it"
+            self._gap(topics, reason, patterns)
             return self._conn, queued
 
     async def _drop_conn(self) -> None:
@@ -746,13 +748,16 @@ class RedisBackend(Backend):
         if conn is not None:
             await conn.disconnect(nowait=True)
 
-    async def _resync(self) -> list[str]:
+    async def _resync(self) -> tuple[list[str], list[str]]:
         """After a reconnect, deliver from history what the node missed; return the topics
-        whose gap history did not cover.
+        whose gap history did not cover, and the wildcard patterns that may have missed
+        topics nobody can name any more.
 
         A topic with a baseline is read after its baseline. For wildcard patterns, the topic
         index names the topics published since the last publication the node received; those
-        without a baseline are new to the node and replayed from that time on.
+        without a baseline are new to the node and replayed from that time on. The index
+        forgets topics idle for longer than the longest ttl: an outage longer than that
+        leaves every wildcard pattern with a gap.
         """
         await self._load_scripts()  # a restarted Redis lost them
         uncovered: list[str] = []
@@ -767,6 +772,8 @@ class RedisBackend(Backend):
         for topic, position in zip(fresh, await self._positions(fresh), strict=True):
             self._baselines[topic] = position
         wildcards = [p for p in self._patterns.patterns() if is_pattern(p)]
+        if wildcards and self._clock < await self._time() - self._index_reach_ms:
+            return uncovered, wildcards
         if wildcards:
             for topic in await self._topics_since(self._clock):
                 if topic in self._baselines or next(self._patterns.match(topic), None) is None:
@@ -774,7 +781,7 @@ class RedisBackend(Backend):
                 size = self.retention(topic).size
                 history = await self._read_history(topic, 0, size + 1, newest_first=True)
                 self._backfill(topic, history, replay_since(history, self._clock, size), uncovered)
-        return uncovered
+        return uncovered, []
 
     def _backfill(
         self, topic: str, history: History, missed: list[Publication] | None, uncovered: list[str]

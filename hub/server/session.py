@@ -218,15 +218,12 @@ class Session:
             raise BadRequest(f"recover for {pattern!r} must be {shape}")
         if pattern in self.subscriptions:
             # Already subscribed: nothing to replay (it would repeat what was delivered).
+            backend = self.hub.router.backend
             fields: dict[str, Any] = {"recovered": False}
             if concrete:
-                fields.update(
-                    zip(
-                        ("epoch", "offset"),
-                        await self.hub.router.backend.position(pattern),
-                        strict=True,
-                    )
-                )
+                fields["epoch"], fields["offset"] = await backend.position(pattern)
+            else:
+                fields["time"] = await backend.time()
             self._ok(request.id, **fields)
             return
         limit = self.hub.settings.max_subscriptions
@@ -291,4 +288,16 @@ class Session:
             {"offset": p.offset, "data": decode_payload(p.payload), "time": p.time}
             for p in publications
         ]
-        self._ok(request.id, epoch=history.epoch, offset=history.offset, messages=messages)
+        if request.id is None:
+            return
+        reply = {"op": "ok", "id": request.id, "epoch": history.epoch}
+        reply.update(offset=history.offset, messages=messages)
+        try:
+            frame = self.codec.encode(reply)
+        except (OverflowError, TypeError, ValueError) as exc:
+            # Binary data for a JSON client, or a 70-bit integer for a msgpack one.
+            raise Unavailable(
+                f"the history of {request.topic} cannot be encoded as {self.codec.subprotocol}:"
+                f" {exc}"
+            ) from None
+        self.push(frame)

@@ -117,3 +117,13 @@ async def test_a_new_topic_is_replayed_from_since_when_older_history_is_kept(
     later = await publish(backend, "p.a", 2)
     plan = await plan_pattern(backend, "p.*", since, {}, 100)
     assert plan.recovered and plan.replay == later
+
+
+async def test_a_pattern_is_not_recovered_from_before_the_index_reaches(
+    backend: MemoryBackend,
+) -> None:
+    """The topic index forgets topics idle for longer than the longest ttl (60 s here), so a
+    ``since`` older than that cannot be answered with recovered true."""
+    now = await backend.time()
+    assert not (await plan_pattern(backend, "p.*", now - 61_000, {}, 100)).recovered
+    assert (await plan_pattern(backend, "p.*", now - 59_000, {}, 100)).recovered
