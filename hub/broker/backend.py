@@ -156,6 +156,12 @@ class Backend(abc.ABC):
         newest (still returned oldest first). Publications older than the topic's ttl are
         never returned, nor counted in ``oldest``."""
 
+    def delivered(self, topic: str) -> tuple[str, int] | None:
+        """The position up to which ``on_publication`` has received the topic (or never will
+        receive it), for a backend whose deliveries can lag behind what :meth:`position` and
+        :meth:`history` read; None for one that delivers inside ``publish``."""
+        return None
+
     @abc.abstractmethod
     async def topics_since(self, time: int) -> list[str]:
         """Every topic published on at or after ``time`` (ms, the backend's clock), as far as

@@ -25,13 +25,14 @@ __all__ = ["Plan", "plan_pattern", "plan_topic", "replay_after", "replay_since"]
 @dataclass
 class Plan:
     """``replay`` in the order to deliver (each topic in offset order); ``seen`` maps a topic
-    to the offset the subscriber has after the replay (live messages start above it);
+    to the ``(epoch, offset)`` the subscriber has after the replay (live messages start
+    above it);
     ``epoch``/``offset`` is a concrete topic's position, ``time`` the backend's clock for a
     pattern (the client's next ``since``)."""
 
     recovered: bool
     replay: list[Publication] = field(default_factory=list)
-    seen: dict[str, int] = field(default_factory=dict)
+    seen: dict[str, tuple[str, int]] = field(default_factory=dict)
     epoch: str = ""
     offset: int = 0
     time: int = 0
@@ -69,13 +70,13 @@ async def plan_topic(
     """Recover a concrete topic from ``(epoch, offset)``; no ``epoch``: just its position."""
     if epoch is None:
         position = await backend.position(topic)
-        return Plan(False, seen={topic: position[1]}, epoch=position[0], offset=position[1])
+        return Plan(False, seen={topic: position}, epoch=position[0], offset=position[1])
     history = await backend.history(topic, after=offset, limit=limit + 1)
     replay = replay_after(history, epoch, offset, limit)
     return Plan(
         replay is not None,
         replay or [],
-        {topic: history.offset},
+        {topic: (history.epoch, history.offset)},
         epoch=history.epoch,
         offset=history.offset,
     )
@@ -97,7 +98,7 @@ async def plan_pattern(
         return Plan(False, time=now)
     budget = limit
     replay: list[Publication] = []
-    seen: dict[str, int] = {}
+    seen: dict[str, tuple[str, int]] = {}
     known = {t: position for t, position in positions.items() if matches(pattern, t)}
     for topic, (epoch, offset) in known.items():
         history = await backend.history(topic, after=offset, limit=budget + 1)
@@ -106,7 +107,7 @@ async def plan_pattern(
             return Plan(False, time=now)
         replay += missed
         budget -= len(missed)
-        seen[topic] = history.offset
+        seen[topic] = (history.epoch, history.offset)
     for topic in await backend.topics_since(since):
         if topic in known or not matches(pattern, topic):
             continue
@@ -116,5 +117,5 @@ async def plan_pattern(
             return Plan(False, time=now)
         replay += missed
         budget -= len(missed)
-        seen[topic] = history.offset
+        seen[topic] = (history.epoch, history.offset)
     return Plan(True, replay, seen, time=now)

@@ -406,6 +406,11 @@ class RedisBackend(Backend):
         offset = int(entry_id.split(b"-")[0])
         return Publication(topic, values[b"p"], offset, epoch.decode(), int(values[b"t"]))
 
+    def delivered(self, topic: str) -> tuple[str, int] | None:
+        """The topic's baseline (what the reader delivered, or drops as covered already);
+        ``("", 0)`` when it has none yet: anything may still arrive."""
+        return self._baselines.get(topic, ("", 0))
+
     async def topics_since(self, time: int) -> list[str]:
         return await self._command(lambda: self._topics_since(time))
 

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import weakref
 from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
@@ -78,8 +79,8 @@ class Router:
         # A lock lives while a coroutine holds or awaits it, so idle patterns cost nothing.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.delivered = 0  # frames pushed to subscribers, for metrics
-        #: Held subscriptions: (pattern, subscriber) -> the live publications kept for it.
-        self._held: dict[tuple[str, Subscriber], list[Publication]] = {}
+        #: Subscriptions joining the live stream (see hold and release).
+        self._joining: dict[tuple[str, Subscriber], _Joining] = {}
         self.hold_limit = 10_000  # publications held per subscription before it is lost
 
     async def start(self) -> None:
@@ -101,6 +102,7 @@ class Router:
 
     async def unsubscribe(self, pattern: str, subscriber: Subscriber) -> None:
         """Remove a local subscription; the last one of a pattern unsubscribes the backend."""
+        self.unhold(pattern, subscriber)
         async with self._lock(pattern):
             if self.registry.remove(pattern, subscriber):
                 await self.backend.unsubscribe(pattern)
@@ -119,29 +121,39 @@ class Router:
     def hold(self, pattern: str, subscriber: Subscriber) -> None:
         """Keep the subscription's live publications aside from now on (call it before
         :meth:`subscribe`), until :meth:`release`."""
-        self._held[pattern, subscriber] = []
+        self._joining[pattern, subscriber] = _Joining()
 
-    def release(self, pattern: str, subscriber: Subscriber, seen: dict[str, int]) -> None:
-        """Push the held publications above ``seen[topic]`` (all of a topic not in ``seen``)
-        and deliver live again. A gap between ``seen`` and what was held means the backend
-        lost publications: the subscriber is told (:meth:`Subscriber.lost`)."""
-        held = self._held.pop((pattern, subscriber), None)
-        if not held:
+    def release(
+        self, pattern: str, subscriber: Subscriber, seen: dict[str, tuple[str, int]]
+    ) -> None:
+        """Deliver live again from ``seen``: the subscriber has each topic up to its
+        ``(epoch, offset)`` (from a replay or a position). Held publications above it are
+        pushed now. Where the backend has not yet delivered up to it (Redis's reader may lag
+        behind the position it was told), publications at or below it are skipped as they
+        arrive. A gap after it means the backend lost publications: the subscriber is told
+        (:meth:`Subscriber.lost`)."""
+        key = (pattern, subscriber)
+        joining = self._joining.get(key)
+        if joining is None:
             return
+        held, joining.held = joining.held or [], None
+        joining.floors = dict(seen)
         for publication in held:
-            last = seen.get(publication.topic)
-            if last is not None:
-                if publication.offset <= last:
-                    continue  # the replay or the position already covered it
-                if publication.offset != last + 1:
-                    subscriber.lost(f"insufficient state: a gap in {publication.topic}")
-                    return
-            seen[publication.topic] = publication.offset
+            if not self._admit(key, joining, publication):
+                continue
             subscriber.push(self.frame(publication, pattern, subscriber.codec))
+        if self._joining.get(key) is not joining:
+            return  # lost
+        for topic, (epoch, offset) in list(joining.floors.items()):
+            delivered = self.backend.delivered(topic)
+            if delivered is None or (delivered[0] == epoch and delivered[1] >= offset):
+                del joining.floors[topic]  # nothing at or below it can arrive any more
+        if not joining.floors:
+            del self._joining[key]
 
     def unhold(self, pattern: str, subscriber: Subscriber) -> None:
-        """Forget a hold without delivering (the subscription failed or is gone)."""
-        self._held.pop((pattern, subscriber), None)
+        """Forget a hold or the floors of a subscription (it failed or is gone)."""
+        self._joining.pop((pattern, subscriber), None)
 
     def frame(self, publication: Publication, pattern: str, codec: Codec) -> Any:
         """One subscriber's ``msg`` frame of a publication (for replays and held ones)."""
@@ -151,7 +163,7 @@ class Router:
         """Fan a publication out to every local subscriber (the backend's callback)."""
         data: Any = None
         decoded = False
-        held = self._held
+        joining = self._joining
         for pattern, subscribers in self.registry.match(publication.topic):
             if not decoded:
                 data = decode_payload(publication.payload)
@@ -159,7 +171,7 @@ class Router:
             message = _message(publication, pattern, data)
             frames: dict[Codec, Any] = {}  # one prepared message per codec, shared by everyone
             for subscriber in subscribers:
-                if held and self._keep_held(pattern, subscriber, publication):
+                if joining and self._skips(pattern, subscriber, publication):
                     continue
                 frame = frames.get(subscriber.codec)
                 if frame is None:
@@ -167,15 +179,41 @@ class Router:
                 subscriber.push(frame)
             self.delivered += len(subscribers)
 
-    def _keep_held(self, pattern: str, subscriber: Subscriber, publication: Publication) -> bool:
-        kept = self._held.get((pattern, subscriber))
-        if kept is None:
+    def _skips(self, pattern: str, subscriber: Subscriber, publication: Publication) -> bool:
+        """Whether a joining subscription does not get ``publication`` live (held or below
+        its floor); False for every other subscription."""
+        key = (pattern, subscriber)
+        joining = self._joining.get(key)
+        if joining is None:
             return False
-        if len(kept) < self.hold_limit:
-            kept.append(publication)
-        else:
-            subscriber.lost("insufficient state: too many publications during its recovery")
-        return True
+        if joining.held is not None:
+            if len(joining.held) < self.hold_limit:
+                joining.held.append(publication)
+            else:
+                subscriber.lost("insufficient state: too many publications during its recovery")
+            return True
+        admitted = self._admit(key, joining, publication)
+        if admitted and not joining.floors:
+            self._joining.pop(key, None)
+        return not admitted
+
+    def _admit(
+        self, key: tuple[str, Subscriber], joining: _Joining, publication: Publication
+    ) -> bool:
+        """Whether a publication passes the subscription's floors; a gap ends the subscription."""
+        floor = joining.floors.get(publication.topic)
+        if floor is None:
+            return True
+        epoch, offset = floor
+        if publication.epoch == epoch:
+            if publication.offset <= offset:
+                return False  # the replay or the position covered it already
+            if publication.offset == offset + 1:
+                del joining.floors[publication.topic]
+                return True
+        self._joining.pop(key, None)
+        key[1].lost(f"insufficient state: a gap in {publication.topic} after offset {offset}")
+        return False
 
     def lost(self, patterns: Sequence[str]) -> None:
         """The backend's notice that these patterns' subscribers may have missed publications."""
@@ -196,6 +234,16 @@ class Router:
             lock = asyncio.Lock()
             self._locks[pattern] = lock
         return lock
+
+
+@dataclass
+class _Joining:
+    """A subscription joining the live stream: first its publications are ``held``; after
+    the release, those at or below a topic's floor ``(epoch, offset)`` are skipped until one
+    above it arrives."""
+
+    held: list[Publication] | None = field(default_factory=list)
+    floors: dict[str, tuple[str, int]] = field(default_factory=dict)
 
 
 def _message(publication: Publication, pattern: str, data: Any) -> dict[str, Any]:

@@ -39,7 +39,12 @@ async def publish(backend: MemoryBackend, topic: str, count: int) -> list[Public
 async def test_no_recover_gives_the_position(backend: MemoryBackend) -> None:
     await publish(backend, "a", 3)
     plan = await plan_topic(backend, "a", None, 0, 100)
-    assert (plan.recovered, plan.replay, plan.seen, plan.offset) == (False, [], {"a": 3}, 3)
+    assert (plan.recovered, plan.replay, plan.seen, plan.offset) == (
+        False,
+        [],
+        {"a": (backend.epoch, 3)},
+        3,
+    )
     assert plan.epoch == backend.epoch
 
 
@@ -61,7 +66,7 @@ async def test_a_topic_recovers_only_what_history_fully_covers(
     plan = await plan_topic(backend, "a", backend.epoch, offset, limit)
     assert plan.recovered is recovered
     assert [p.offset for p in plan.replay] == replayed
-    assert plan.seen == {"a": 8} and plan.offset == 8  # live from 9 either way
+    assert plan.seen == {"a": (backend.epoch, 8)} and plan.offset == 8  # live from 9 either way
 
 
 async def test_another_epoch_or_no_history_is_not_recovered(backend: MemoryBackend) -> None:
@@ -89,7 +94,7 @@ async def test_a_pattern_replays_known_and_new_topics(backend: MemoryBackend) ->
         ("p.new", 2),
     ]
     assert plan.replay[2:] == new
-    assert plan.seen == {"p.known": 4, "p.new": 2}
+    assert plan.seen == {"p.known": (backend.epoch, 4), "p.new": (backend.epoch, 2)}
 
 
 async def test_a_pattern_is_not_recovered_when_anything_is_missing(

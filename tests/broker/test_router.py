@@ -160,7 +160,7 @@ async def test_a_held_subscription_gets_what_the_replay_did_not_cover(router: Ro
         await router.publish(topic, topic)
     assert held.frames == [] and len(live.frames) == 4
     # The replay covered t.a up to 2; t.b was not replayed at all.
-    router.release("t.*", held, {"t.a": 2})
+    router.release("t.*", held, {"t.a": (backend_of(router).epoch, 2)})
     assert [(m["topic"], m["offset"]) for m in held.messages()] == [("t.b", 1), ("t.a", 3)]
     await router.publish("t.a", "live")
     assert [m["offset"] for m in held.messages()][-1] == 4  # live again
@@ -174,7 +174,7 @@ async def test_a_gap_between_the_replay_and_the_held_ones_is_reported(router: Ro
     await router.subscribe("t", session)
     await router.publish("t", 2)
     await router.publish("t", 3)
-    router.release("t", session, {"t": 0})  # offset 1 is in neither: a gap
+    router.release("t", session, {"t": (backend_of(router).epoch, 0)})  # 1 is in neither: a gap
     assert session.frames == []
     assert session.lost_reasons and "gap" in session.lost_reasons[0]
 
