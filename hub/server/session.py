@@ -59,9 +59,6 @@ GARBAGE = (BadRequest, UnknownOp, InvalidTopic)
 
 SLOW_CONSUMER = 4008
 
-#: A replay waits for the outbox to drain after this many messages.
-REPLAY_CHUNK = 100
-
 
 class Session:
     """A connected client; :meth:`run` returns when the connection is closed."""
@@ -249,10 +246,12 @@ class Session:
         else:
             self._ok(request.id, recovered=plan.recovered, time=plan.time)
         try:
-            for count, publication in enumerate(plan.replay, 1):
+            outbox = self.outbox
+            for publication in plan.replay:
+                # A replay goes at the client's pace: it must not overflow the outbox (4008).
+                if len(outbox) >= outbox.max_messages // 2 or outbox.size >= outbox.max_bytes // 2:
+                    await outbox.drained()
                 self.push(router.frame(publication, pattern, self.codec))
-                if not count % REPLAY_CHUNK:
-                    await self.outbox.drained()  # bounded memory for a long replay
         finally:
             router.release(pattern, self, plan.seen)
 

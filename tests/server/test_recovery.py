@@ -907,3 +907,22 @@ async def test_a_sub_on_a_node_whose_pubsub_lags_gets_nothing_twice(
             assert reply["recovered"] is True, reply
             start = known["offset"] + 1
         assert offsets(msgs) == list(range(start, end["offset"] + 1)), sequence(frames)
+
+
+async def test_a_long_replay_goes_at_the_pace_of_a_client_that_reads(
+    start_hub: StartHub, open_peer: OpenPeer
+) -> None:
+    """A replay far longer than the outbox (50 messages here) must not close a client that
+    reads as fast as it can with 4008: the replay waits for the outbox to drain."""
+    async with asyncio.timeout(TEST_BOUND):
+        node = await start_hub("--outbox-messages", "50", "--history-size", "1000")
+        publisher = await open_peer(node)
+        for start in range(1, 301, 30):  # 30 replies at a time fit the publisher's outbox
+            replies = await publish(publisher, "long", range(start, start + 30))
+        client = await open_peer(node)
+        recover = {"epoch": replies[0]["epoch"], "offset": 0}
+        ok = await client.ok("sub", topic="long", recover=recover)
+        assert ok["recovered"] is True and ok["offset"] == 300
+        replayed = [await client.recv() for _ in range(300)]
+        assert offsets(replayed) == list(range(1, 301))
+        await expect_live_next(client, publisher, "long", "long")
