@@ -241,10 +241,15 @@ class Session:
             self.subscriptions.discard(pattern)
             await router.unsubscribe(pattern, self)
             raise
+        fields = {"recovered": plan.recovered}
+        if recover is not None:
+            # The msgs of this subscription that follow the ok are the replay, then live ones:
+            # the client knows when the replay is complete (it then moves its since).
+            fields["replayed"] = len(plan.replay)
         if concrete:
-            self._ok(request.id, epoch=plan.epoch, offset=plan.offset, recovered=plan.recovered)
+            self._ok(request.id, epoch=plan.epoch, offset=plan.offset, **fields)
         else:
-            self._ok(request.id, recovered=plan.recovered, time=plan.time)
+            self._ok(request.id, time=plan.time, **fields)
         try:
             outbox = self.outbox
             for publication in plan.replay:

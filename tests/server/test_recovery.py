@@ -51,6 +51,8 @@ FAULT_FLAGS = ("--redis-timeout", "0.5", "--redis-backoff-cap", "0.2")
 
 #: The fields of the ok of a wildcard sub, with or without recover.
 WILDCARD_OK = {"op", "id", "recovered", "time"}
+#: ...and with recover: how many msgs of the subscription that follow the ok are the replay.
+RECOVERING_OK = {*WILDCARD_OK, "replayed"}
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -492,7 +494,8 @@ async def test_a_wildcard_sub_ok_carries_the_hub_time(
         # The ok of a recovering wildcard sub carries the time too.
         returning = await open_peer(nodes.reader)
         again = await recover(returning, "w.>", {"since": reply["time"], "topics": {}})
-        assert again.keys() == WILDCARD_OK, f"wildcard sub ok fields: {again}"
+        assert again.keys() == RECOVERING_OK, f"wildcard sub ok fields: {again}"
+        assert again["replayed"] == 1  # the msgs of w.> that follow the ok and are the replay
         assert again["time"] >= entry["time"] and hub_time_ok(again["time"], before, now_ms())
         assert again["recovered"] is True  # w.a's one publication is replayed
         assert_msg(
@@ -547,7 +550,8 @@ async def test_wildcard_recovery_replays_known_topics_and_topics_new_while_away(
         returning = await open_peer(nodes.reader, codec)
         before = now_ms()
         reply = await recover(returning, "chat.*", {"since": since, "topics": topics})
-        assert reply.keys() == WILDCARD_OK, f"wildcard sub ok fields: {reply}"
+        assert reply.keys() == RECOVERING_OK, f"wildcard sub ok fields: {reply}"
+        assert reply["replayed"] == 6
         assert reply["recovered"] is True, reply
         assert hub_time_ok(reply["time"], before, now_ms()) and reply["time"] >= since
         replay = await next_msgs(returning, 6)
@@ -651,7 +655,8 @@ async def test_wildcard_recovery_with_one_epoch_changed_is_not_recovered(
         changed = {**topics, "e.b": {"epoch": topics["e.b"]["epoch"] + "x", "offset": 1}}
         returning = await open_peer(nodes.reader)
         reply = await recover(returning, "e.*", {"since": since, "topics": changed})
-        assert reply.keys() == WILDCARD_OK and reply["recovered"] is False, reply
+        assert reply.keys() == RECOVERING_OK and reply["recovered"] is False, reply
+        assert reply["replayed"] == 0
         # Not even e.a's publication, which history covers, is replayed.
         await expect_live_next(returning, publisher, "e.a", "e.*", "a3")
         # The control: the true positions are covered.
