@@ -24,7 +24,8 @@
     │   ├── RequestTimeout          no reply within the request's timeout
     │   ├── Disconnected            not connected (and not waiting), or the connection dropped
     │   │                           before the reply came: the request may or may not have run
-    │   └── NotRecovered            a subscription missed publications that could not be replayed
+    │   ├── NotRecovered            a subscription missed publications that could not be replayed
+    │   └── Undeliverable           a publication that the connection's encoding cannot carry
     └── RequestError                a hub request cannot be served (carries the wire error code)
         ├── BadRequest              bad_request: not a valid request (syntax, types, limits)
         ├── UnknownOp               unknown_op: a request whose op the hub does not know
@@ -81,6 +82,7 @@ __all__ = [
     "TooLarge",
     "Unauthorized",
     "Unavailable",
+    "Undeliverable",
     "UnknownOp",
     "UsageError",
     "error_for_code",
@@ -269,6 +271,15 @@ class NotRecovered(ClientError):
     """After a reconnect, the hub could not replay what a subscription missed
     (``recovered: false``). The subscription goes on with live messages; ``topic`` is the
     concrete topic or pattern concerned."""
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class Undeliverable(ClientError):
+    """A publication on ``topic`` that the connection's encoding cannot carry (binary data
+    on JSON, an integer beyond 64 bits on msgpack): the subscription goes on after it."""
 
     def __init__(self, message: str, topic: str) -> None:
         super().__init__(message)

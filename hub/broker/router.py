@@ -270,5 +270,7 @@ def _prepare(codec: Codec, message: dict[str, Any]) -> Any:
                 "code": "unavailable",
                 "message": f"publication {message['offset']} on {message['topic']} (epoch "
                 f"{message['epoch']}) cannot be encoded as {codec.subprotocol}: {exc}",
+                # Which subscription's publication it is, so that a client can tell.
+                **{key: message[key] for key in ("topic", "sub", "offset", "epoch")},
             }
         )

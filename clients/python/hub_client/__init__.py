@@ -8,6 +8,11 @@
             async for message in subscription:
                 print(message.topic, message.data)
 
+From synchronous code, :mod:`hub_client.sync` runs the same client on a background thread::
+
+    with hub_client.sync.connect("ws://127.0.0.1:8765") as client:
+        client.publish("chat.room1", {"text": "hi"})
+
 See :mod:`hub_client.client` for how the client behaves across reconnects, and
 docs/client.md for the guide.
 """
@@ -19,10 +24,12 @@ from hub.exceptions import (
     NotRecovered,
     RequestError,
     RequestTimeout,
+    Undeliverable,
 )
 from hub_client.client import Client, ConnectionState, HistoryPage, connect
 from hub_client.reconnect import Backoff
 from hub_client.subscription import Message, Subscription
+from hub_client.sync import SyncClient, SyncSubscription
 
 __all__ = [
     "Backoff",
@@ -37,5 +44,8 @@ __all__ = [
     "RequestError",
     "RequestTimeout",
     "Subscription",
+    "SyncClient",
+    "SyncSubscription",
+    "Undeliverable",
     "connect",
 ]

@@ -26,7 +26,7 @@ import enum
 import inspect
 import itertools
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
 from typing import Any
 
 from pydantic import BaseModel
@@ -54,6 +54,13 @@ TokenSource = str | Callable[[], str | Awaitable[str]] | None
 
 #: Frames that nobody handled, waiting for recv(); past this many the oldest is dropped.
 RAW_QUEUE = 1000
+
+#: The first id of the SDK's own requests (ids go up to 2**53, PROTOCOL.md).
+SDK_IDS = 2**52
+
+#: The client accepts messages up to this size by default: a msg is a little larger than the
+#: pub that caused it, and a hub accepts pubs up to 1 MiB by default.
+MAX_SIZE = 4 * 2**20
 
 
 class ConnectionState(enum.Enum):
@@ -103,6 +110,10 @@ class Client:
         self.when_disconnected = when_disconnected
         self.max_messages = max_messages
         self.logger = logger
+        if "subprotocols" in options:
+            raise UsageError("the codec chooses the subprotocol: pass codec=, not subprotocols=")
+        options.setdefault("max_size", MAX_SIZE)
+        self.extra_headers = list(_header_items(options.pop("extra_headers", None)))
         self.options = options
         self.state = ConnectionState.CONNECTING
         self.welcome: dict[str, Any] = {}
@@ -111,7 +122,12 @@ class Client:
         self._state_queues: list[asyncio.Queue[ConnectionState]] = []
         self._ws: WebSocketClientProtocol | None = None
         self._connected = asyncio.Event()
-        self._ids = itertools.count(1)
+        self._closed = asyncio.Event()  # set once the client is closed for good
+        # The SDK's own request ids start at 2**52, so that ids chosen by an application for
+        # requests it sends with send() (small ones, typically) never collide with them.
+        self._ids = itertools.count(SDK_IDS)
+        #: Counts connections; a subscription confirmed on an earlier one is resubscribed.
+        self._generation = 0
         #: id -> (future of the reply, hook the reader runs on an ok before the next frame)
         self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], Callable[..., None]]] = {}
         self._subscriptions: dict[str, Subscription] = {}
@@ -129,7 +145,7 @@ class Client:
         self._runner = asyncio.get_running_loop().create_task(self._run(self._ws))
 
     async def _open(self) -> WebSocketClientProtocol:
-        headers = []
+        headers = list(self.extra_headers)
         token = self.token() if callable(self.token) else self.token
         if inspect.isawaitable(token):
             token = await token
@@ -148,6 +164,7 @@ class Client:
                 ws.transport.abort()
             raise
         self.welcome = welcome
+        self._generation += 1
         self._connected.set()
         return ws
 
@@ -164,31 +181,39 @@ class Client:
                 self.logger.warning("connection closed with %s: not reconnecting", ws.close_code)
                 break
             self._set_state(ConnectionState.RECONNECTING)
-            reopened = await self._reopen(ws.close_code)
-            if reopened is None:
+            ws = self._ws = await self._reopen(ws.close_code)
+            if self._closing:  # close() came while the welcome was on its way
+                await ws.close()
                 break
-            ws = self._ws = reopened
             self._set_state(ConnectionState.CONNECTED)
-            asyncio.get_running_loop().create_task(self._resubscribe())
+            resubscribe = [s for s in self._subscriptions.values() if s.confirmed_on]
+            asyncio.get_running_loop().create_task(self._resubscribe(resubscribe))
+        self._finish()
+
+    def _finish(self) -> None:
+        """Closed for good: wake whatever waits for a connection, end the iterators."""
+        self._connected.clear()
+        self._closed.set()
+        self._fail_pending(Disconnected("the client is closed"))
         self._set_state(ConnectionState.CLOSED)
         for subscription in list(self._subscriptions.values()):
             subscription.end()
 
-    async def _reopen(self, close_code: int | None) -> WebSocketClientProtocol | None:
+    async def _reopen(self, close_code: int | None) -> WebSocketClientProtocol:
+        """A new connection, after as many attempts as it takes (close() cancels it)."""
         for attempt in itertools.count():
             await asyncio.sleep(self.backoff.delay(attempt, close_code))
-            if self._closing:
-                return None
             try:
                 return await self._open()
             except (OSError, HubError, TimeoutError) as exc:
                 self.logger.info("reconnecting to %s failed: %s", self.url, exc)
         raise AssertionError("unreachable")
 
-    async def _resubscribe(self) -> None:
-        """Subscribe everything again, recovering from each subscription's last position."""
+    async def _resubscribe(self, subscriptions: list[Subscription]) -> None:
+        """Subscribe again what was subscribed before the connection was lost, recovering
+        from each one's last position (subscriptions made meanwhile subscribe themselves)."""
         results = await asyncio.gather(
-            *(self._sub(s, recover=True) for s in list(self._subscriptions.values())),
+            *(self._sub(s, recover=True) for s in subscriptions if s.active),
             return_exceptions=True,
         )
         for result in results:
@@ -204,9 +229,12 @@ class Client:
                     self.logger.error("dropped a frame the hub should not send: %s", exc)
                     continue
                 if not isinstance(message, dict):
-                    self.logger.error("dropped a frame that is not a map: %r", message)
+                    self.logger.error("dropped a frame that is not a map: %.200r", message)
                     continue
-                await self._dispatch(message)
+                try:
+                    await self._dispatch(message)
+                except Exception:  # a bug must not kill the reader: log it, read on
+                    self.logger.exception("failed to handle a frame: %.200r", message)
         except ConnectionClosed:
             pass
 
@@ -215,19 +243,22 @@ class Client:
         if op == "msg":
             subscription = self._subscriptions.get(str(message.get("sub")))
             if subscription is not None and subscription.active:
-                try:
-                    msg = Message(
-                        message["topic"],
-                        message.get("data"),
-                        message["offset"],
-                        message["epoch"],
-                        message["sub"],
-                    )
-                except KeyError as exc:
-                    self.logger.error("dropped a msg without %s: %r", exc, message)
+                msg = _message(message)
+                if msg is None:
+                    self.logger.error("dropped a malformed msg: %.200r", message)
                     return
                 await subscription.room()  # the application is behind: stop reading
+                subscription.arrived()
                 subscription.accept(msg)
+                return
+        elif op == "error" and "id" not in message and "offset" in message:
+            # A publication this connection's codec cannot carry (binary data on JSON, say):
+            # the subscription's iterator says so, and goes on after it.
+            subscription = self._subscriptions.get(str(message.get("sub")))
+            if subscription is not None and subscription.active:
+                await subscription.room()
+                subscription.arrived()
+                subscription.undeliverable(message)
                 return
         elif op in ("ok", "error"):
             id_ = message.get("id")
@@ -265,10 +296,15 @@ class Client:
             except Exception:
                 self.logger.exception("the on_state callback failed")
 
-    async def states(self) -> AsyncIterator[ConnectionState]:
-        """Every change of :attr:`state` from now on, until the client is closed."""
+    def states(self) -> AsyncIterator[ConnectionState]:
+        """Every change of :attr:`state` from this call on, until the client is closed."""
         queue: asyncio.Queue[ConnectionState] = asyncio.Queue()
         self._state_queues.append(queue)
+        return self._states(queue)
+
+    async def _states(
+        self, queue: asyncio.Queue[ConnectionState]
+    ) -> AsyncIterator[ConnectionState]:
         try:
             while self.state is not ConnectionState.CLOSED or not queue.empty():
                 state = await queue.get()
@@ -279,17 +315,18 @@ class Client:
             self._state_queues.remove(queue)
 
     async def close(self) -> None:
-        """Close the connection for good; iterators of subscriptions end."""
+        """Close the connection for good; iterators of subscriptions end after what they
+        buffered, and requests waiting for a reply or a connection raise Disconnected."""
         self._closing = True
         for subscription in list(self._subscriptions.values()):
             subscription.end()  # also lets a reader waiting for room go on
-        ws = self._ws
-        if ws is not None:
-            await ws.close()
-        if self._runner is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        self._set_state(ConnectionState.CLOSED)
+        runner = self._runner
+        if self.state is ConnectionState.CONNECTED and self._ws is not None:
+            await self._ws.close()
+        if runner is not None and not runner.done():
+            runner.cancel()  # reconnecting: stop now, not after the backoff or the handshake
+            await asyncio.wait([runner])
+        self._finish()
 
     async def __aenter__(self) -> Client:
         return self
@@ -306,18 +343,27 @@ class Client:
         if not self._connected.is_set():
             if self.when_disconnected == "fail":
                 raise Disconnected(f"not connected to the hub ({self.state.value})")
+            connected = asyncio.ensure_future(self._connected.wait())
+            closed = asyncio.ensure_future(self._closed.wait())
             try:
-                async with asyncio.timeout(timeout):
-                    await self._connected.wait()
-            except TimeoutError:
-                raise RequestTimeout(f"not connected to the hub within {timeout:g} s") from None
+                await asyncio.wait(
+                    [connected, closed], timeout=timeout, return_when="FIRST_COMPLETED"
+                )
+            finally:
+                connected.cancel()
+                closed.cancel()
+            if self._closed.is_set():
+                raise Disconnected("the client is closed")
+            if not self._connected.is_set():
+                raise RequestTimeout(f"not connected to the hub within {timeout:g} s")
         assert self._ws is not None
         return self._ws
 
     async def send(self, message: dict[str, Any] | BaseModel) -> None:
-        """Send one wire-protocol request as it is (a dict, or a model of hub.wire.messages)."""
+        """Send one wire-protocol request as it is (a dict, or a model of hub.wire.messages);
+        choose ids below 2**52 (the SDK's own requests use those above)."""
         if isinstance(message, BaseModel):
-            message = message.model_dump(exclude_none=True)
+            message = message.model_dump(exclude_unset=True)
         ws = await self._connection(self.request_timeout)
         try:
             await ws.send(self.codec.encode(message))
@@ -325,8 +371,22 @@ class Client:
             raise Disconnected(f"the connection closed: {exc}") from exc
 
     async def recv(self) -> dict[str, Any]:
-        """The next frame that the client did not handle itself (replies to :meth:`send`)."""
-        return await self._raw.get()
+        """The next frame that the client did not handle itself (replies to :meth:`send`);
+        Disconnected once the client is closed and none is left."""
+        if self._raw.empty() and not self._closed.is_set():
+            getting = asyncio.ensure_future(self._raw.get())
+            closed = asyncio.ensure_future(self._closed.wait())
+            try:
+                await asyncio.wait([getting, closed], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                if not getting.done():
+                    getting.cancel()
+            if getting.done() and not getting.cancelled():
+                return getting.result()
+        if self._raw.empty():
+            raise Disconnected("the client is closed")
+        return self._raw.get_nowait()
 
     async def request(
         self,
@@ -444,13 +504,18 @@ class Client:
                 }
                 fields["recover"] = {"since": subscription.time, "topics": topics}
 
+        generation = self._generation
+
         def on_ok(reply: dict[str, Any]) -> None:
+            subscription.confirmed_on = generation
             recovering = "recover" in fields
             recovered = recovering and reply.get("recovered") is True
             if recovering and not recovered:
                 subscription.not_recovered(subscription.pattern)
             if not concrete:
-                subscription.time = reply.get("time")
+                # The next since is this ok's time, but only once its replay has arrived: a
+                # connection lost before would forget the topics the replay was to bring.
+                subscription.advance_time(reply.get("time"), reply.get("replayed") or 0)
             elif not recovered:  # a recovered one advances with the replay that follows
                 subscription.positions[subscription.pattern] = (reply["epoch"], reply["offset"])
 
@@ -469,6 +534,23 @@ class Client:
 
 def _ignore(reply: dict[str, Any]) -> None:
     pass
+
+
+def _message(frame: dict[str, Any]) -> Message | None:
+    """A msg frame as a Message, or None if a field is missing or of the wrong type."""
+    topic, offset, epoch, sub = (frame.get(k) for k in ("topic", "offset", "epoch", "sub"))
+    if not (isinstance(topic, str) and isinstance(epoch, str) and isinstance(sub, str)):
+        return None
+    if type(offset) is not int or "data" not in frame:
+        return None
+    return Message(topic, frame["data"], offset, epoch, sub)
+
+
+def _header_items(headers: Any) -> Iterable[tuple[str, str]]:
+    if headers is None:
+        return []
+    items = headers.items() if hasattr(headers, "items") else headers
+    return [(str(name), str(value)) for name, value in items]
 
 
 class _Subscribing:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hub.exceptions import NotRecovered, UsageError
+from hub.exceptions import ClientError, NotRecovered, Undeliverable, UsageError
 
 if TYPE_CHECKING:
     from hub_client.client import Client
@@ -62,7 +62,11 @@ class Subscription:
         #: For a wildcard pattern: the hub time of the last ok (the next recovery's ``since``).
         self.time: int | None = None
         self.active = True
-        self._buffer: collections.deque[Message | NotRecovered | object] = collections.deque()
+        #: The connection (its number) on which the hub last confirmed this subscription.
+        self.confirmed_on = 0
+        #: The time to take as ``time`` once this many more msgs (a replay) have arrived.
+        self._time_after: tuple[int | None, int] = (None, 0)
+        self._buffer: collections.deque[Message | ClientError | object] = collections.deque()
         self._changed = asyncio.Event()  # something was put or taken
         self._callback_task: asyncio.Task[None] | None = None
 
@@ -79,6 +83,21 @@ class Subscription:
         self._put(message)
         return True
 
+    def advance_time(self, time: int | None, replayed: int) -> None:
+        """A wildcard ok's ``time`` becomes the next ``since`` after its ``replayed`` msgs."""
+        if replayed:
+            self._time_after = (time, replayed)
+        else:
+            self.time, self._time_after = time, (None, 0)
+
+    def arrived(self) -> None:
+        """Count a msg of this subscription towards the replay in progress, if any."""
+        time, left = self._time_after
+        if left:
+            self._time_after = (time, left - 1)
+            if left == 1:
+                self.time = time
+
     def full(self) -> bool:
         return len(self._buffer) >= self.max_messages
 
@@ -93,12 +112,20 @@ class Subscription:
             NotRecovered(f"publications on {topic} were missed and cannot be replayed", topic)
         )
 
+    def undeliverable(self, error: dict[str, Any]) -> None:
+        """A publication the connection's codec cannot carry: the iterator raises
+        Undeliverable for it, and the position moves past it."""
+        topic, offset, epoch = error.get("topic"), error.get("offset"), error.get("epoch")
+        if isinstance(topic, str) and isinstance(epoch, str) and type(offset) is int:
+            self.positions[topic] = (epoch, offset)
+        self._put(Undeliverable(str(error.get("message", "")), str(topic)))
+
     def end(self) -> None:
         if self.active:
             self.active = False
             self._put(_END)
 
-    def _put(self, item: Message | NotRecovered | object) -> None:
+    def _put(self, item: Message | ClientError | object) -> None:
         self._buffer.append(item)
         self._changed.set()
 
@@ -115,7 +142,7 @@ class Subscription:
             raise StopAsyncIteration
         self._buffer.popleft()
         self._changed.set()
-        if isinstance(item, NotRecovered):
+        if isinstance(item, ClientError):
             raise item
         assert isinstance(item, Message)
         return item
@@ -143,7 +170,7 @@ class Subscription:
                 message = await self.get()
             except StopAsyncIteration:
                 return
-            except NotRecovered as exc:
+            except ClientError as exc:  # NotRecovered, Undeliverable
                 self.client.logger.warning("subscription %s: %s", self.pattern, exc)
                 continue
             try:
