@@ -20,6 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # The source is removed once installed: the image runs the installed package.
 COPY pyproject.toml README.md /src/
 COPY hub /src/hub
+COPY clients/python /src/clients/python
 RUN pip install '/src[uvloop]' \
     && rm -rf /src \
     && useradd --system --user-group --uid 10001 --no-create-home --home-dir /nonexistent \

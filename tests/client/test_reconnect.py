@@ -1,5 +1,5 @@
 """Reconnects against real hub-server processes killed with SIGKILL and started again on the
-same port (docs/history-spec.md: recovery).
+same port (docs/protocol.md: recovery).
 
 - memory backend: the new process has a new epoch and no history: the iterator raises
   NotRecovered once, then goes on with live messages;

@@ -1,4 +1,4 @@
-"""Helpers shared by test_history.py and test_recovery.py (docs/history-spec.md, issue 6).
+"""Helpers shared by test_history.py and test_recovery.py (docs/protocol.md, issue 6).
 
 - the ``start_nodes`` fixture: ``await start_nodes("--history-size", "5")`` starts one memory
   node, or two Redis nodes sharing the test's own key prefix; publications are made on

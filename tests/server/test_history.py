@@ -1,4 +1,4 @@
-"""The ``history`` op (docs/history-spec.md, "The history op"), against real hub-server processes.
+"""The ``history`` op (docs/protocol.md, "history"), against real hub-server processes.
 
 Every test runs on one memory node and on two Redis nodes: publications are made on the first
 node and history is read on the second (recovery_support.py, ``start_nodes``). Every wait is

@@ -1,4 +1,4 @@
-"""``sub`` with ``recover`` (docs/history-spec.md, "sub with recovery" and "Redis outages").
+"""``sub`` with ``recover`` (docs/protocol.md, "Recovery").
 
 Against real hub-server processes. Most tests run on one memory node and on two Redis nodes,
 with the publisher on the first node and the recovering client on the second
