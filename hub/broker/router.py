@@ -139,11 +139,10 @@ class Router:
         held, joining.held = joining.held or [], None
         joining.floors = dict(seen)
         for publication in held:
-            if not self._admit(key, joining, publication):
-                continue
-            subscriber.push(self.frame(publication, pattern, subscriber.codec))
-        if self._joining.get(key) is not joining:
-            return  # lost
+            if self._admit(key, joining, publication):
+                subscriber.push(self.frame(publication, pattern, subscriber.codec))
+            elif self._joining.get(key) is not joining:
+                return  # a gap: the subscriber was told, and gets nothing after it
         for topic, (epoch, offset) in list(joining.floors.items()):
             delivered = self.backend.delivered(topic)
             if delivered is None or (delivered[0] == epoch and delivered[1] >= offset):

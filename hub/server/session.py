@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 from hub.broker.backend import Publication
@@ -60,6 +61,10 @@ GARBAGE = (BadRequest, UnknownOp, InvalidTopic)
 SLOW_CONSUMER = 4008
 
 
+def _refuse(message: PreparedMessage) -> bool:
+    return False
+
+
 class Session:
     """A connected client; :meth:`run` returns when the connection is closed."""
 
@@ -73,7 +78,10 @@ class Session:
         self.subscriptions: set[str] = set()
         self.publisher = Publisher(hub.router, self._answer_publish, settings.max_pending_publishes)
         self._closing: asyncio.Task[None] | None = None
-        self._send_prepared_nowait = websocket.send_prepared_nowait  # bound once: hot path
+        # Bound once: hot path.
+        self._send_prepared_nowait: Callable[[PreparedMessage], bool] = (
+            websocket.send_prepared_nowait
+        )
 
     def __hash__(self) -> int:
         return id(self)
@@ -97,7 +105,10 @@ class Session:
             self._close_soon(SLOW_CONSUMER, "slow consumer: outbound queue overflowed")
 
     def lost(self, reason: str) -> None:
-        """Router: publications may be missing; 4010 tells the client to reconnect and recover."""
+        """Router: publications may be missing; 4010 tells the client to reconnect and recover.
+        Nothing published after the gap may reach the client before the close."""
+        self._send_prepared_nowait = _refuse
+        self.outbox.close()
         self._close_soon(InsufficientState.close_code, reason)
 
     def reply(self, message: dict[str, Any]) -> None:
@@ -253,8 +264,10 @@ class Session:
         try:
             outbox = self.outbox
             for publication in plan.replay:
-                # A replay goes at the client's pace: it must not overflow the outbox (4008).
-                if len(outbox) >= outbox.max_messages // 2 or outbox.size >= outbox.max_bytes // 2:
+                # A replay goes at the client's pace, never piling up in the outbox (4008):
+                # each frame waits until the outbox is empty, and so mostly takes push's fast
+                # path straight into the connection's write buffer.
+                if not outbox.idle:
                     await outbox.drained()
                 self.push(router.frame(publication, pattern, self.codec))
         finally:
@@ -274,19 +287,15 @@ class Session:
     async def _history(self, request: History) -> None:
         """Answer with the topic's position and its retained publications (oldest first, or
         newest first with ``reverse``); ``since`` of another epoch counts from the start."""
-        limit = min(
-            request.limit or self.hub.settings.recovery_limit, self.hub.settings.recovery_limit
-        )
-        router = self.hub.router
+        most = self.hub.settings.recovery_limit
+        limit = min(request.limit or most, most)
+        backend, topic, reverse = self.hub.router.backend, request.topic, request.reverse
         since = request.since
         after = since.offset if since is not None else 0
-        history = await router.backend.history(
-            request.topic, after=after, limit=limit, newest_first=request.reverse
-        )
+        history = await backend.history(topic, after=after, limit=limit, newest_first=reverse)
         if since is not None and since.epoch != history.epoch and after:
-            history = await router.backend.history(
-                request.topic, limit=limit, newest_first=request.reverse
-            )
+            # Offsets of another epoch mean nothing here: as without since.
+            history = await backend.history(topic, limit=limit, newest_first=reverse)
         publications = history.publications[::-1] if request.reverse else history.publications
         messages = [
             {"offset": p.offset, "data": decode_payload(p.payload), "time": p.time}
@@ -294,8 +303,13 @@ class Session:
         ]
         if request.id is None:
             return
-        reply = {"op": "ok", "id": request.id, "epoch": history.epoch}
-        reply.update(offset=history.offset, messages=messages)
+        reply = {
+            "op": "ok",
+            "id": request.id,
+            "epoch": history.epoch,
+            "offset": history.offset,
+            "messages": messages,
+        }
         try:
             frame = self.codec.encode(reply)
         except (OverflowError, TypeError, ValueError) as exc:
