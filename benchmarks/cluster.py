@@ -93,6 +93,12 @@ REDIS = "redis"
 REDIS_SERVER = "redis-server"
 NODE_A, NODE_B = "A", "B"
 PREFIX = "benchcluster"
+#: --redis-server, shared with history.py.
+REDIS_SERVER_OPTION: dict[str, Any] = {
+    "default": shutil.which("redis-server"),
+    "help": "the redis-server binary to start (default: redis-server from PATH:"
+    f" {shutil.which('redis-server')})",
+}
 DEFAULT_REDIS_CMD = (
     "{redis} --port {port} --bind {host} --save '' --appendonly no --dir {dir} --daemonize no"
 )
@@ -645,12 +651,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="limit for connecting, draining, closing and Redis commands, seconds (default 20)",
     )
     parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
-    parser.add_argument(
-        "--redis-server",
-        default=shutil.which("redis-server"),
-        help="the redis-server binary to start (default: redis-server from PATH:"
-        f" {shutil.which('redis-server')})",
-    )
+    parser.add_argument("--redis-server", **REDIS_SERVER_OPTION)
     parser.add_argument(
         "--hub-cmd",
         default=DEFAULT_HUB_CMD,

@@ -43,7 +43,6 @@ import json
 import os
 import random
 import shlex
-import shutil
 import statistics
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from cluster import (
     DEFAULT_REDIS_CMD,
     HUB_TROUBLE,
     REDIS_SERVER,
+    REDIS_SERVER_OPTION,
     REDIS_WARNING,
     ClusterPool,
     Node,
@@ -1106,12 +1106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         " commands, seconds (default 20)",
     )
     parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
-    parser.add_argument(
-        "--redis-server",
-        default=shutil.which("redis-server"),
-        help="the redis-server binary to start (default: redis-server from PATH:"
-        f" {shutil.which('redis-server')})",
-    )
+    parser.add_argument("--redis-server", **REDIS_SERVER_OPTION)
     parser.add_argument(
         "--hub-cmd",
         default=DEFAULT_HUB_CMD,
