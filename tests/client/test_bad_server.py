@@ -118,6 +118,7 @@ async def never_answer(connection: FakeConnection) -> None:
             await connection.recv()  # recorded, never answered
 
 
+@pytest.mark.slow
 async def test_request_timeout(start_fake: StartFake, open_client: OpenClient) -> None:
     fake = await start_fake(never_answer)
     client = await open_client(fake.url, request_timeout=0.3)
@@ -240,6 +241,7 @@ async def test_recoverable_close_codes_reconnect(
     assert fake.accepted == 2
 
 
+@pytest.mark.slow
 async def test_4029_waits_ten_times_longer(
     start_fake: StartFake, monkeypatch: pytest.MonkeyPatch
 ) -> None:

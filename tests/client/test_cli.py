@@ -201,6 +201,7 @@ def test_pub_then_history(hub: HubProcess, codec: str, topic: str) -> None:
         assert isinstance(message["time"], int)
 
 
+@pytest.mark.slow
 def test_history_options(hub: HubProcess, topic: str) -> None:
     for n in range(1, 6):
         assert run("pub", topic, str(n), "--url", hub.uri).returncode == 0
@@ -300,6 +301,7 @@ def test_sub_stops_on_a_signal_with_status_0(
     assert not any("Traceback" in line for line in sub.stderr_lines)
 
 
+@pytest.mark.slow
 def test_sub_reconnects_after_a_restart(topic: str, start: Any) -> None:
     """Memory backend: the restarted hub cannot replay, so sub warns on stderr and goes on."""
     with running_hub() as first:

@@ -191,6 +191,7 @@ async def test_redis_restart_recovers_without_gap_or_duplicate(
     assert states.seen == [CONNECTED, RECONNECTING, CONNECTED]
 
 
+@pytest.mark.slow
 async def test_no_gap_or_duplicate_across_several_reconnects(
     start_hub: StartHub, open_client: OpenClient, redis_flags: tuple[str, ...], prefix: str
 ) -> None:
