@@ -1,4 +1,4 @@
-"""Randomized end-to-end test of recovery across a Redis cluster (issue 6, docs/protocol.md "Recovery").
+"""Randomized end-to-end test of recovery across a Redis cluster (issue 6; docs/protocol.md).
 
 Publishers publish at a steady rate on several topics through three ``hub-server`` nodes that
 share the test's Redis. Subscribers (concrete topics, and ``rnd.*``) are disconnected at random
