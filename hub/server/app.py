@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import ipaddress
 import json
 import logging
 import secrets
@@ -30,6 +31,7 @@ from hub.broker.topics import validate_pattern, validate_topic
 from hub.exceptions import InsufficientState, NegotiationError
 from hub.protocol.asyncio import WebSocketServer, WebSocketServerProtocol, serve
 from hub.protocol.http11 import Headers, header_tokens
+from hub.server.auth import Unauthenticated, token_of
 from hub.server.session import Session
 from hub.server.settings import Settings
 from hub.wire.codecs import CODECS, Codec
@@ -133,6 +135,8 @@ class Hub:
         self.node_id = self.settings.node_id or secrets.token_hex(6)
         self.router = Router(backend_factory(self.settings))
         self.router.hold_limit = self.settings.outbox_messages
+        self.authenticator = self.settings.authenticator()
+        self.denied = 0  # requests answered forbidden, for metrics
         self.sessions: set[Session] = set()
         self.server: WebSocketServer | None = None
 
@@ -206,10 +210,20 @@ class Hub:
     ) -> WebSocketServer:
         """Serve WebSocket clients (and ``GET /healthz``) on ``host:port`` from this event loop."""
         settings = self.settings
+        host = settings.host if host is None else host
+        if settings.auth == "off" and not _loopback(host):
+            logger.warning(
+                "auth is off and %s is reachable from the network: anyone can subscribe and"
+                " publish to anything (set --auth required and --auth-keys)",
+                host,
+            )
+        # Browsers send an Origin; other clients (the SDK, servers) send none and pass.
+        origins = None if settings.allowed_origins is None else [*settings.allowed_origins, None]
         self.server = await serve(
             self._handler,
-            settings.host if host is None else host,
+            host,
             settings.port if port is None else port,
+            origins=origins,
             subprotocols=list(CODECS),
             select_subprotocol=_select_subprotocol,
             process_request=self._process_request,
@@ -224,7 +238,13 @@ class Hub:
         if len(self.sessions) >= self.settings.max_connections:
             await websocket.close(1013, "too many connections")
             return
-        session = Session(self, websocket)
+        try:
+            token = token_of(websocket.path, websocket.request_headers)
+            identity = self.authenticator.authenticate(token)
+        except Unauthenticated as exc:  # expired since the handshake, a moment ago
+            await websocket.close(Session.UNAUTHORIZED, str(exc)[:120])
+            return
+        session = Session(self, websocket, identity)
         self.sessions.add(session)
         try:
             await session.run()
@@ -250,7 +270,24 @@ class Hub:
                     text,
                 )
             return 404, Headers([("Content-Type", "text/plain")]), b"404 Not Found\n"
+        if self.authenticator.mode != "off":
+            try:
+                self.authenticator.authenticate(token_of(path, headers))
+            except Unauthenticated as exc:
+                logger.info("refused a handshake: %s", exc)
+                return (
+                    401,
+                    Headers([("WWW-Authenticate", "Bearer"), ("Content-Type", "text/plain")]),
+                    f"401 Unauthorized: {exc}\n".encode(),
+                )
         return None
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _select_subprotocol(offered: Sequence[str], supported: Sequence[str]) -> str | None:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
@@ -24,16 +25,19 @@ from hub.broker.topics import is_pattern
 from hub.exceptions import (
     BadRequest,
     ConnectionClosed,
+    Forbidden,
     InsufficientState,
     InternalError,
     InvalidTopic,
     NotSubscribed,
     RequestError,
+    Unauthorized,
     Unavailable,
     UnknownOp,
 )
 from hub.protocol.asyncio import WebSocketServerProtocol
 from hub.protocol.connection import PreparedMessage
+from hub.server.auth import EVERYONE, Identity, Unauthenticated
 from hub.server.publisher import Publisher
 from hub.wire.codecs import select_codec
 from hub.wire.messages import (
@@ -42,6 +46,7 @@ from hub.wire.messages import (
     Position,
     Presence,
     Pub,
+    Refresh,
     Sub,
     Unsub,
     parse_request,
@@ -68,9 +73,16 @@ def _refuse(message: PreparedMessage) -> bool:
 class Session:
     """A connected client; :meth:`run` returns when the connection is closed."""
 
-    def __init__(self, hub: Hub, websocket: WebSocketServerProtocol) -> None:
+    #: The close code of an expired token (PROTOCOL.md).
+    UNAUTHORIZED = 4001
+
+    def __init__(
+        self, hub: Hub, websocket: WebSocketServerProtocol, identity: Identity = EVERYONE
+    ) -> None:
         self.hub = hub
         self.websocket = websocket
+        self.identity = identity
+        self._expiry: asyncio.TimerHandle | None = None
         self.id = secrets.token_hex(8)
         self.codec = select_codec(websocket.subprotocol)
         settings = hub.settings
@@ -129,7 +141,19 @@ class Session:
 
     # --- input ------------------------------------------------------------------------------------
 
+    def _expire_at(self, expires: float | None) -> None:
+        """Close with 4001 when the token expires, unless a refresh comes first."""
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if expires is not None:
+            delay = max(0.0, expires - time.time())
+            self._expiry = asyncio.get_running_loop().call_later(
+                delay, self._close_soon, self.UNAUTHORIZED, "the token has expired"
+            )
+
     async def run(self) -> None:
+        self._expire_at(self.identity.expires)
         self.reply({"op": "welcome", "client": self.id, "node": self.hub.node_id, "version": 1})
         writer = asyncio.get_running_loop().create_task(self._write())
         try:
@@ -137,6 +161,7 @@ class Session:
         except ConnectionClosed:
             pass
         finally:
+            self._expire_at(None)
             try:
                 await self.publisher.drained()  # publishes already read still happen
             finally:
@@ -194,8 +219,15 @@ class Session:
         else:
             self._error(result, id_)
 
-    async def _handle(self, request: Sub | Unsub | Pub | History | Presence) -> None:
+    def _check(self, allowed: bool, what: str) -> None:
+        if not allowed:
+            self.hub.denied += 1
+            raise Forbidden(f"not allowed to {what}")
+
+    async def _handle(self, request: Sub | Unsub | Pub | History | Presence | Refresh) -> None:
+        permissions = self.identity.permissions
         if isinstance(request, Pub):
+            self._check(permissions.may_publish(request.topic), f"publish on {request.topic}")
             # Not awaited: the publisher answers it, in order, while the next frames are read.
             await self.publisher.put(request.id, request.topic, encode_payload(request.data))
             return
@@ -204,6 +236,7 @@ class Session:
         await self.publisher.drained()
         router = self.hub.router
         if isinstance(request, Sub):
+            self._check(permissions.may_subscribe(request.topic), f"subscribe to {request.topic}")
             await self._subscribe(request)
         elif isinstance(request, Unsub):
             if request.topic not in self.subscriptions:
@@ -212,9 +245,25 @@ class Session:
             await router.unsubscribe(request.topic, self)
             self._ok(request.id)
         elif isinstance(request, History):
+            self._check(permissions.may_read(request.topic), f"read {request.topic}")
             await self._history(request)
+        elif isinstance(request, Refresh):
+            self._refresh(request)
         else:
+            self._check(permissions.may_read(request.topic), f"read {request.topic}")
             raise Unavailable(f"{request.op} is not available yet in this version of hub")
+
+    def _refresh(self, request: Refresh) -> None:
+        """Take a new token: same user, new expiry and permissions (docs/protocol.md)."""
+        try:
+            identity = self.hub.authenticator.authenticate(request.token)
+        except Unauthenticated as exc:
+            raise Unauthorized(str(exc)) from None
+        if identity.user != self.identity.user:
+            raise Unauthorized("a refreshed token must be for the same user (sub)")
+        self.identity = identity
+        self._expire_at(identity.expires)
+        self._ok(request.id, expires=identity.expires)
 
     async def _subscribe(self, request: Sub) -> None:
         """Subscribe, recover what the client missed if it asks, and answer. The ok comes

@@ -9,14 +9,24 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from hub.broker.retention import Keep, Retention
 from hub.broker.topics import validate_pattern
 from hub.exceptions import InvalidTopic
+from hub.server.auth import Authenticator, Key
+from hub.server.permissions import Permissions
 
-__all__ = ["HistoryRule", "Settings"]
+__all__ = ["AnonymousGrant", "AuthKey", "HistoryRule", "Settings"]
 
 
 def _pattern(value: str) -> str:
@@ -24,6 +34,25 @@ def _pattern(value: str) -> str:
         return validate_pattern(value)
     except InvalidTopic as exc:  # no ValueError: pydantic would let it through unreported
         raise ValueError(str(exc)) from None
+
+
+class AuthKey(BaseModel):
+    """A key that verifies tokens (see :class:`hub.server.auth.Key`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alg: Literal["HS256", "RS256", "ES256"]
+    key: SecretStr = Field(min_length=1)  # never shown in a repr or a log
+    kid: str | None = None
+
+
+class AnonymousGrant(BaseModel):
+    """Patterns that clients without a token may subscribe to and publish on."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    subscribe: list[Annotated[str, AfterValidator(_pattern)]] = Field(default_factory=list)
+    publish: list[Annotated[str, AfterValidator(_pattern)]] = Field(default_factory=list)
 
 
 class HistoryRule(BaseModel):
@@ -88,6 +117,23 @@ class Settings(BaseSettings):
         default=7 * 86400.0, gt=0, description="seconds a topic's offsets outlive its last publish"
     )
 
+    # Auth (docs/protocol.md, "Authentication").
+    auth: Literal["off", "required", "optional"] = Field(
+        default="off", description="off, required (no token: 401) or optional (anonymous)"
+    )
+    auth_keys: list[AuthKey] = Field(
+        default_factory=list,
+        description='keys that verify tokens, JSON: [{"alg": "HS256", "key": "secret"}]',
+    )
+    auth_anonymous: AnonymousGrant = Field(
+        default_factory=lambda: AnonymousGrant(),
+        description='what clients without a token may do (optional mode), JSON: {"subscribe":'
+        ' ["news.>"], "publish": []}',
+    )
+    allowed_origins: list[str] | None = Field(
+        default=None, description="Origin headers accepted from browsers, JSON list; none: any"
+    )
+
     # The Redis backend (docs/deployment.md), in seconds.
     redis_prefix: str = Field(
         default="hub", min_length=1, pattern=r"^[A-Za-z0-9_:-]+$", description="key prefix"
@@ -106,10 +152,26 @@ class Settings(BaseSettings):
             return value
         raise ValueError("must be memory:// or a Redis URL (redis://, rediss://, unix://)")
 
-    @field_validator("history_rules", mode="before")
+    @field_validator(
+        "history_rules", "auth_keys", "auth_anonymous", "allowed_origins", mode="before"
+    )
     @classmethod
-    def _rules_from_json(cls, value: object) -> object:
+    def _from_json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _keys_for_auth(self) -> Settings:
+        if self.auth != "off" and not self.auth_keys:
+            raise ValueError(f"auth {self.auth!r} needs auth_keys")
+        return self
+
+    def authenticator(self) -> Authenticator:
+        """The authenticator that these settings describe."""
+        keys = [Key(k.alg, k.key.get_secret_value(), k.kid) for k in self.auth_keys]
+        anonymous = Permissions(
+            tuple(self.auth_anonymous.subscribe), tuple(self.auth_anonymous.publish)
+        )
+        return Authenticator(self.auth, keys, anonymous)
 
     def retention(self) -> Retention:
         """What each topic keeps, for the backend."""

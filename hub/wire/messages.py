@@ -24,6 +24,7 @@ __all__ = [
     "Position",
     "Presence",
     "Pub",
+    "Refresh",
     "Request",
     "Sub",
     "Topic",
@@ -100,9 +101,16 @@ class Presence(_Request):
     topic: Topic
 
 
-Request = Annotated[Sub | Unsub | Pub | History | Presence, Field(discriminator="op")]
-_REQUEST = TypeAdapter[Sub | Unsub | Pub | History | Presence](Request)
-OPS = frozenset({"sub", "unsub", "pub", "history", "presence"})
+class Refresh(_Request):
+    """A new token for the connection, before the current one expires."""
+
+    op: Literal["refresh"]
+    token: Annotated[str, Field(min_length=1, max_length=16384)]
+
+
+Request = Annotated[Sub | Unsub | Pub | History | Presence | Refresh, Field(discriminator="op")]
+_REQUEST = TypeAdapter[Sub | Unsub | Pub | History | Presence | Refresh](Request)
+OPS = frozenset({"sub", "unsub", "pub", "history", "presence", "refresh"})
 
 
 def request_id(frame: object) -> int | None:
@@ -114,7 +122,7 @@ def request_id(frame: object) -> int | None:
     return None
 
 
-def parse_request(frame: object) -> Sub | Unsub | Pub | History | Presence:
+def parse_request(frame: object) -> Sub | Unsub | Pub | History | Presence | Refresh:
     """Validate a decoded frame; raise BadRequest, UnknownOp or InvalidTopic with a message."""
     if not isinstance(frame, dict):
         raise BadRequest(f"a request must be a map, not {type(frame).__name__}")

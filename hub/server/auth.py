@@ -1,0 +1,127 @@
+"""Who a client is and what it may do: JWT connection tokens, checked in the opening handshake.
+
+A client presents a token in an ``Authorization: Bearer <token>`` header or, for browsers that
+cannot set headers, a ``token`` query parameter. :meth:`Authenticator.authenticate` verifies it
+with PyJWT against the configured keys (several keys verify side by side, so that a key can be
+rotated): HS256 with a shared secret, RS256 or ES256 with a public key. ``alg: none`` and any
+algorithm that no key names are refused, whatever the token says. The claims are ``sub`` (the
+user id), ``exp`` (required) and optional ``subscribe`` / ``publish`` lists of topic patterns
+(:mod:`hub.server.permissions`).
+
+Modes: ``off`` (everyone may do everything: local development), ``required`` (no valid token,
+no connection: HTTP 401) and ``optional`` (a client without a token gets the configured
+anonymous permissions; a client with an invalid one is still refused).
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import jwt
+
+from hub.protocol.http11 import Headers
+from hub.server.permissions import Permissions
+
+__all__ = ["EVERYONE", "Authenticator", "Identity", "Key", "Unauthenticated", "token_of"]
+
+Mode = Literal["off", "required", "optional"]
+
+
+class Unauthenticated(Exception):
+    """The token is missing, malformed, forged, expired or not allowed: refuse with 401 (in
+    the handshake) or answer ``unauthorized`` (to a ``refresh``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """A key that verifies tokens: ``alg`` is HS256 (``key`` is the shared secret), RS256 or
+    ES256 (``key`` is a PEM public key); ``kid``, if set, must match the token's header."""
+
+    alg: Literal["HS256", "RS256", "ES256"]
+    key: str
+    kid: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """A connection's user (None: anonymous), what it may do, and when its token expires
+    (seconds since the Unix epoch; None: never, when auth is off or for anonymous clients)."""
+
+    user: str | None
+    permissions: Permissions
+    expires: float | None = None
+
+
+#: With auth off: nobody in particular, allowed everything.
+EVERYONE = Identity(None, Permissions.all())
+
+
+def token_of(path: str, headers: Headers) -> str | None:
+    """The token of a handshake request: the Bearer header, else the ``token`` query field."""
+    authorization = headers.get("Authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.partition(" ")
+        if scheme.lower() == "bearer" and value.strip():
+            return value.strip()
+    query = urllib.parse.urlsplit(path).query
+    for name, value in urllib.parse.parse_qsl(query):
+        if name == "token" and value:
+            return value
+    return None
+
+
+class Authenticator:
+    """Built from the settings once; :meth:`authenticate` for each handshake and refresh."""
+
+    def __init__(self, mode: Mode, keys: Sequence[Key], anonymous: Permissions) -> None:
+        if mode != "off" and not keys:
+            raise ValueError(f"auth {mode!r} needs at least one key (auth_keys)")
+        self.mode = mode
+        self.keys = list(keys)
+        self.anonymous = Identity(None, anonymous)
+
+    def authenticate(self, token: str | None) -> Identity:
+        """The identity that ``token`` proves; Unauthenticated if it proves none."""
+        if self.mode == "off":
+            return EVERYONE
+        if token is None:
+            if self.mode == "optional":
+                return self.anonymous
+            raise Unauthenticated("a token is required")
+        claims = self._verify(token)
+        user = claims.get("sub")
+        if not isinstance(user, str) or not user:
+            raise Unauthenticated("the token has no sub (user id)")
+        try:
+            permissions = Permissions.from_claims(claims, default=Permissions.none())
+        except ValueError as exc:
+            raise Unauthenticated(f"the token's permissions are invalid: {exc}") from None
+        return Identity(user, permissions, float(claims["exp"]))
+
+    def _verify(self, token: str) -> dict[str, Any]:
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise Unauthenticated(f"malformed token: {exc}") from None
+        alg, kid = header.get("alg"), header.get("kid")
+        candidates = [
+            k for k in self.keys if k.alg == alg and (kid is None or k.kid in (None, kid))
+        ]
+        if not candidates:
+            # alg "none", or an algorithm no key uses: never trust what the token asks for.
+            raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
+        error: jwt.PyJWTError | None = None
+        for key in candidates:
+            try:
+                claims: dict[str, Any] = jwt.decode(
+                    token, key.key, algorithms=[key.alg], options={"require": ["exp", "sub"]}
+                )
+                return claims
+            except jwt.ExpiredSignatureError:
+                raise Unauthenticated("the token has expired") from None
+            except jwt.PyJWTError as exc:
+                error = exc
+        raise Unauthenticated(f"invalid token: {error}")
