@@ -30,6 +30,7 @@ from hub.exceptions import (
     InternalError,
     InvalidTopic,
     NotSubscribed,
+    RateLimited,
     RequestError,
     Unauthorized,
     Unavailable,
@@ -38,6 +39,7 @@ from hub.exceptions import (
 from hub.protocol.asyncio import WebSocketServerProtocol
 from hub.protocol.connection import PreparedMessage
 from hub.server.auth import EVERYONE, Identity, Unauthenticated
+from hub.server.limits import AbuseCounter, TokenBucket
 from hub.server.publisher import Publisher
 from hub.wire.codecs import select_codec
 from hub.wire.messages import (
@@ -64,6 +66,10 @@ logger = logging.getLogger("hub.server")
 GARBAGE = (BadRequest, UnknownOp, InvalidTopic)
 
 SLOW_CONSUMER = 4008
+RATE_LIMITED = 4029
+
+#: Refused publishes count towards closing with 4029 for this long (seconds).
+STRIKE_WINDOW = 10.0
 
 
 def _refuse(message: PreparedMessage) -> bool:
@@ -83,6 +89,8 @@ class Session:
         self.websocket = websocket
         self.identity = identity
         self._expiry: asyncio.TimerHandle | None = None
+        self._publishes = TokenBucket(hub.settings.publish_rate, hub.settings.publish_burst)
+        self._strikes = AbuseCounter(hub.settings.rate_limit_strikes, STRIKE_WINDOW)
         self.id = secrets.token_hex(8)
         self.codec = select_codec(websocket.subprotocol)
         settings = hub.settings
@@ -180,6 +188,8 @@ class Session:
         invalid_in_a_row = 0
         limit = self.hub.settings.bad_frame_limit
         async for frame in self.websocket:
+            if self._closing is not None:
+                return  # the hub is closing this connection (4001, 4008, 4010, 4029): no more
             decoded: object = None
             try:
                 decoded = self.codec.decode(frame)
@@ -219,6 +229,19 @@ class Session:
         else:
             self._error(result, id_)
 
+    def _rate_limit(self) -> None:
+        """rate_limited past the connection's publish rate; 4029 when it keeps trying."""
+        now = time.monotonic()
+        if self._publishes.take(now):
+            return
+        if self._strikes.record(now):
+            self._close_soon(RATE_LIMITED, "rate limited: publishes far over the limit")
+        settings = self.hub.settings
+        raise RateLimited(
+            f"at most {settings.publish_rate:g} publishes per second"
+            f" (bursts of {settings.publish_burst})"
+        )
+
     def _check(self, allowed: bool, what: str) -> None:
         if not allowed:
             self.hub.denied += 1
@@ -228,6 +251,7 @@ class Session:
         permissions = self.identity.permissions
         if isinstance(request, Pub):
             self._check(permissions.may_publish(request.topic), f"publish on {request.topic}")
+            self._rate_limit()
             # Not awaited: the publisher answers it, in order, while the next frames are read.
             await self.publisher.put(request.id, request.topic, encode_payload(request.data))
             return

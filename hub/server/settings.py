@@ -90,6 +90,15 @@ class Settings(BaseSettings):
     max_pending_publishes: int = Field(
         default=64, ge=1, description="per connection; past it the hub stops reading its frames"
     )
+    publish_rate: float = Field(
+        default=1000.0, gt=0, description="publishes per second per connection (token bucket)"
+    )
+    publish_burst: int = Field(
+        default=1000, ge=1, description="publishes a connection may send at once above the rate"
+    )
+    rate_limit_strikes: int = Field(
+        default=100, ge=1, description="rate_limited replies within 10 s before closing 4029"
+    )
     bad_frame_limit: int = Field(
         default=10, ge=1, description="invalid frames in a row before 1008"
     )
