@@ -86,11 +86,13 @@ from echo import (
 HUB = "hub"
 NAIVE = "naive"
 NAIVE_SCRIPT = Path(__file__).resolve().parent / "peers" / "naive_hub.py"
-#: The naive peer has no limits: lift the hub's queue and publish-rate limits the same way.
+#: The naive peer has no limits: lift the hub's queue, publish-rate and handshake-rate limits
+#: the same way (a thousand subscribers connect from one address).
 DEFAULT_HUB_CMD = (
     "{bin}/hub-server --host {host} --port {port} --ping-interval 60"
     " --outbox-messages 100000 --outbox-bytes 100000000"
     " --publish-rate 1000000000 --publish-burst 1000000"
+    " --handshake-rate 1000000000 --handshake-burst 1000000"
 )
 DEFAULT_NAIVE_CMD = script_command(NAIVE_SCRIPT) + " --ping-interval 60"
 

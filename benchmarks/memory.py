@@ -19,15 +19,15 @@ must decline it, a ``deflate`` server must accept it. hub's command line is read
 (``python -m hub.protocol --help``) to find how to switch compression; when hub's server does not
 negotiate permessage-deflate, its ``deflate`` row says so instead of a number.
 
-``--mode hub`` does the same for ``hub-server`` (default settings) and the naive hub of the
-fan-out benchmark (``benchmarks/peers/naive_hub.py``), with N connections (5,000 by default) that
-each speak ``hub.v1.json``: read the ``welcome``, subscribe (half of them to one shared topic
-``room``, the other half each to its own ``user.<i>``, so that both a larger subscriber set and a
-topic of its own are counted) and wait for the ``ok``. One extra connection then publishes once to
-``room``, every subscriber of ``room`` must receive exactly that ``msg`` (and the others nothing),
-and the publisher leaves before the RSS is read. The clients offer permessage-deflate or not; the
-naive hub declines it (it runs with ``compression=None``), so with the offer it is measured a
-second time with its ``--compression deflate``.
+``--mode hub`` does the same for ``hub-server`` (default settings, the handshake rate lifted) and
+the naive hub of the fan-out benchmark (``benchmarks/peers/naive_hub.py``), with N connections
+(5,000 by default) that each speak ``hub.v1.json``: read the ``welcome``, subscribe (half of them to
+one shared topic ``room``, the other half each to its own ``user.<i>``, so that both a larger
+subscriber set and a topic of its own are counted) and wait for the ``ok``. One extra connection
+then publishes once to ``room``, every subscriber of ``room`` must receive exactly that ``msg`` (and
+the others nothing), and the publisher leaves before the RSS is read. The clients offer
+permessage-deflate or not; the naive hub declines it (it runs with ``compression=None``), so with
+the offer it is measured a second time with its ``--compression deflate``.
 
 The client uses the standard library only and reuses the frame helpers and the server runner of
 ``echo.py``. Run ``python benchmarks/memory.py --help``; see benchmarks/README.md.
@@ -534,7 +534,11 @@ OWN_TOPIC = "user.{}"
 WARMUP_TOPIC = "warmup.{}"
 # The one publication (as the ``data`` string): 32 bytes or more, so hub compresses the msg.
 PUBLICATION = "memory benchmark: one publication to every subscriber of room"
-HUB_CMD = "{bin}/hub-server --host {host} --port {port}"
+#: Default settings, but for the handshake rate: thousands of connections come from one address.
+HUB_CMD = (
+    "{bin}/hub-server --host {host} --port {port}"
+    " --handshake-rate 1000000000 --handshake-burst 1000000"
+)
 NAIVE_CMD = script_command(NAIVE_SCRIPT)
 HUB_MODE_CONNS = 5000
 HUB_MODE_TIMEOUT = 60.0

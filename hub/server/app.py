@@ -20,6 +20,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
@@ -32,7 +33,8 @@ from hub.exceptions import InsufficientState, NegotiationError
 from hub.protocol.asyncio import WebSocketServer, WebSocketServerProtocol, serve
 from hub.protocol.http11 import Headers, header_tokens
 from hub.server.auth import Unauthenticated, token_of
-from hub.server.session import Session
+from hub.server.limits import Counts, KeyedRate
+from hub.server.session import RATE_LIMITED, Session
 from hub.server.settings import Settings
 from hub.wire.codecs import CODECS, Codec
 
@@ -136,6 +138,9 @@ class Hub:
         self.router = Router(backend_factory(self.settings))
         self.router.hold_limit = self.settings.outbox_messages
         self.authenticator = self.settings.authenticator()
+        settings = self.settings
+        self._handshakes = KeyedRate(settings.handshake_rate, settings.handshake_burst)
+        self._users = Counts(settings.max_connections_per_user)
         self.denied = 0  # requests answered forbidden, for metrics
         self.sessions: set[Session] = set()
         self.server: WebSocketServer | None = None
@@ -224,9 +229,9 @@ class Hub:
             host,
             settings.port if port is None else port,
             origins=origins,
+            create_protocol=functools.partial(_HubConnection, hub=self),
             subprotocols=list(CODECS),
             select_subprotocol=_select_subprotocol,
-            process_request=self._process_request,
             max_size=settings.max_message_size,
             ping_interval=settings.ping_interval,
             ping_timeout=settings.ping_timeout,
@@ -244,14 +249,25 @@ class Hub:
         except Unauthenticated as exc:  # expired since the handshake, a moment ago
             await websocket.close(Session.UNAUTHORIZED, str(exc)[:120])
             return
+        user = identity.user
+        if user is not None and not self._users.acquire(user):
+            # Checked in the handshake already (429); this is the race between two of them.
+            await websocket.close(RATE_LIMITED, "too many connections for this user")
+            return
         session = Session(self, websocket, identity)
         self.sessions.add(session)
         try:
             await session.run()
         finally:
             self.sessions.discard(session)
+            if user is not None:
+                self._users.release(user)
 
-    def _process_request(self, path: str, headers: Headers) -> tuple[int, Headers, bytes] | None:
+    def _process_request(
+        self, path: str, headers: Headers, address: str | None = None
+    ) -> tuple[int, Headers, bytes] | None:
+        """Answer plain HTTP (health, 404, 426) or refuse a handshake (401, 429); None lets
+        the WebSocket handshake go on."""
         route = path.split("?")[0]
         if route == "/healthz":
             health = self.health()
@@ -270,9 +286,12 @@ class Hub:
                     text,
                 )
             return 404, Headers([("Content-Type", "text/plain")]), b"404 Not Found\n"
+        if address is not None and not self._handshakes.allow(address, time.monotonic()):
+            logger.info("refused a handshake from %s: too many", address)
+            return _too_many("too many connection attempts from your address")
         if self.authenticator.mode != "off":
             try:
-                self.authenticator.authenticate(token_of(path, headers))
+                identity = self.authenticator.authenticate(token_of(path, headers))
             except Unauthenticated as exc:
                 logger.info("refused a handshake: %s", exc)
                 return (
@@ -280,7 +299,28 @@ class Hub:
                     Headers([("WWW-Authenticate", "Bearer"), ("Content-Type", "text/plain")]),
                     f"401 Unauthorized: {exc}\n".encode(),
                 )
+            limit = self.settings.max_connections_per_user
+            if identity.user is not None and self._users.count(identity.user) >= limit:
+                return _too_many(f"at most {limit} connections per user")
         return None
+
+
+class _HubConnection(WebSocketServerProtocol):
+    """The hub's server connection: its handshake checks need the peer's address."""
+
+    def __init__(self, *args: Any, hub: Hub, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hub = hub
+
+    def process_request(self, path: str, request_headers: Headers) -> Any:
+        address = self.remote_address
+        host = address[0] if isinstance(address, tuple) else None
+        return self.hub._process_request(path, request_headers, host)
+
+
+def _too_many(reason: str) -> tuple[int, Headers, bytes]:
+    headers = Headers([("Retry-After", "1"), ("Content-Type", "text/plain")])
+    return 429, headers, f"429 Too Many Requests: {reason}\n".encode()
 
 
 def _loopback(host: str) -> bool:

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     )
     max_subscriptions: int = Field(default=1000, ge=1, description="per connection")
     max_connections: int = Field(default=10_000, ge=1, description="per node")
+    max_connections_per_user: int = Field(
+        default=100, ge=1, description="per authenticated user (the token's sub), per node"
+    )
+    handshake_rate: float = Field(
+        default=100.0, gt=0, description="WebSocket handshakes per second per client IP"
+    )
+    handshake_burst: int = Field(
+        default=1000, ge=1, description="handshakes one IP may make at once above the rate"
+    )
     outbox_messages: int = Field(default=1000, ge=1, description="queued frames per connection")
     outbox_bytes: int = Field(default=8 * 2**20, ge=1024, description="queued bytes per connection")
     max_pending_publishes: int = Field(
