@@ -25,7 +25,15 @@ import jwt
 from hub.protocol.http11 import Headers
 from hub.server.permissions import Permissions
 
-__all__ = ["EVERYONE", "Authenticator", "Identity", "Key", "Unauthenticated", "token_of"]
+__all__ = [
+    "EVERYONE",
+    "Authenticator",
+    "Identity",
+    "Key",
+    "Unauthenticated",
+    "check_key",
+    "token_of",
+]
 
 Mode = Literal["off", "required", "optional"]
 
@@ -57,6 +65,19 @@ class Identity:
 
 #: With auth off: nobody in particular, allowed everything.
 EVERYONE = Identity(None, Permissions.all())
+
+
+def check_key(alg: str, key: str) -> None:
+    """ValueError unless ``key`` can verify ``alg`` tokens: a secret that is no PEM for
+    HS256, a public key (not a private one) of the right kind for RS256 and ES256. Checked at
+    start, so that a wrong key stops the hub instead of refusing every token."""
+    algorithm = jwt.get_algorithm_by_name(alg)
+    try:
+        prepared = algorithm.prepare_key(key)
+    except (jwt.PyJWTError, ValueError, TypeError) as exc:
+        raise ValueError(f"not a usable {alg} key: {exc}") from None
+    if alg != "HS256" and not hasattr(prepared, "verify"):
+        raise ValueError(f"a {alg} key must be the PEM public key, not the private key")
 
 
 def token_of(path: str, headers: Headers) -> str | None:
@@ -97,9 +118,10 @@ class Authenticator:
             raise Unauthenticated("the token has no sub (user id)")
         try:
             permissions = Permissions.from_claims(claims, default=Permissions.none())
-        except ValueError as exc:
-            raise Unauthenticated(f"the token's permissions are invalid: {exc}") from None
-        return Identity(user, permissions, float(claims["exp"]))
+            expires = float(claims["exp"])
+        except (OverflowError, ValueError) as exc:
+            raise Unauthenticated(f"the token's claims are invalid: {exc}") from None
+        return Identity(user, permissions, expires)
 
     def _verify(self, token: str) -> dict[str, Any]:
         try:
@@ -113,7 +135,7 @@ class Authenticator:
         if not candidates:
             # alg "none", or an algorithm no key uses: never trust what the token asks for.
             raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
-        error: jwt.PyJWTError | None = None
+        error: Exception | None = None
         for key in candidates:
             try:
                 claims: dict[str, Any] = jwt.decode(
@@ -122,6 +144,6 @@ class Authenticator:
                 return claims
             except jwt.ExpiredSignatureError:
                 raise Unauthenticated("the token has expired") from None
-            except jwt.PyJWTError as exc:
+            except (jwt.PyJWTError, OverflowError, ValueError, TypeError) as exc:
                 error = exc
         raise Unauthenticated(f"invalid token: {error}")

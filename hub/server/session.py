@@ -285,6 +285,12 @@ class Session:
             raise Unauthorized(str(exc)) from None
         if identity.user != self.identity.user:
             raise Unauthorized("a refreshed token must be for the same user (sub)")
+        # A token may not take back a subscription the connection holds: that would need the
+        # hub to end it behind the client's back. Unsubscribe first, then refresh.
+        outside = [p for p in self.subscriptions if not identity.permissions.may_subscribe(p)]
+        if outside:
+            self.hub.denied += 1
+            raise Forbidden(f"the new token does not allow the subscription to {outside[0]}")
         self.identity = identity
         self._expire_at(identity.expires)
         self._ok(request.id, expires=identity.expires)

@@ -15,6 +15,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -23,7 +24,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from hub.broker.retention import Keep, Retention
 from hub.broker.topics import validate_pattern
 from hub.exceptions import InvalidTopic
-from hub.server.auth import Authenticator, Key
+from hub.server.auth import Authenticator, Key, check_key
 from hub.server.permissions import Permissions
 
 __all__ = ["AnonymousGrant", "AuthKey", "HistoryRule", "Settings"]
@@ -44,6 +45,11 @@ class AuthKey(BaseModel):
     alg: Literal["HS256", "RS256", "ES256"]
     key: SecretStr = Field(min_length=1)  # never shown in a repr or a log
     kid: str | None = None
+
+    @model_validator(mode="after")
+    def _usable(self) -> AuthKey:
+        check_key(self.alg, self.key.get_secret_value())
+        return self
 
 
 class AnonymousGrant(BaseModel):
@@ -177,11 +183,13 @@ class Settings(BaseSettings):
     def _from_json(cls, value: object) -> object:
         return json.loads(value) if isinstance(value, str) else value
 
-    @model_validator(mode="after")
-    def _keys_for_auth(self) -> Settings:
-        if self.auth != "off" and not self.auth_keys:
-            raise ValueError(f"auth {self.auth!r} needs auth_keys")
-        return self
+    @field_validator("auth_keys")
+    @classmethod
+    def _keys_for_auth(cls, value: list[AuthKey], info: ValidationInfo) -> list[AuthKey]:
+        mode = info.data.get("auth", "off")
+        if mode != "off" and not value:
+            raise ValueError(f"auth {mode!r} needs at least one key")
+        return value
 
     def authenticator(self) -> Authenticator:
         """The authenticator that these settings describe."""
