@@ -6,9 +6,12 @@ The module shares one hub-server (``hub``); each test works on topics of its own
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
 from typing import Any
 
+import jwt
 import pytest
 
 import hub_client
@@ -425,3 +428,24 @@ async def test_a_publication_the_codec_cannot_carry_is_raised_by_the_iterator(
         assert caught.value.topic == topic
         after = await bounded(subscription.get())  # the iterator goes on after it
         assert (after.data, after.offset) == ("text", 2)
+
+
+@pytest.mark.slow
+async def test_refresh_extends_the_connection(start_hub: Any) -> None:
+    secret = "a-shared-secret-of-at-least-32-bytes!"
+    keys = json.dumps([{"alg": "HS256", "key": secret}])
+    node = await start_hub("--auth", "required", "--auth-keys", keys)
+
+    def token(ttl: float) -> str:
+        claims = {"sub": "ana", "exp": time.time() + ttl, "subscribe": [">"], "publish": [">"]}
+        return jwt.encode(claims, secret, algorithm="HS256")
+
+    async with hub_client.connect(node.uri, token=token(1.0), backoff=FAST) as client:
+        expires = await bounded(client.refresh(token(60.0)))
+        assert expires > time.time() + 30
+        await asyncio.sleep(1.2)  # past the first token's exp: wall-clock time is the point
+        assert client.state is ConnectionState.CONNECTED
+        assert await bounded(client.publish("refreshed", 1)) == 1
+        with pytest.raises(hub_client.RequestError) as refused:
+            await bounded(client.refresh("not a token"))
+        assert refused.value.code == "unauthorized"

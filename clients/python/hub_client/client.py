@@ -146,9 +146,7 @@ class Client:
 
     async def _open(self) -> WebSocketClientProtocol:
         headers = list(self.extra_headers)
-        token = self.token() if callable(self.token) else self.token
-        if inspect.isawaitable(token):
-            token = await token
+        token = await self._token()
         if token:
             headers.append(("Authorization", f"Bearer {token}"))
         ws = await ws_connect(
@@ -198,6 +196,12 @@ class Client:
         self._set_state(ConnectionState.CLOSED)
         for subscription in list(self._subscriptions.values()):
             subscription.end()
+
+    async def _token(self) -> str | None:
+        token = self.token() if callable(self.token) else self.token
+        if inspect.isawaitable(token):
+            token = await token
+        return token
 
     async def _reopen(self, close_code: int | None) -> WebSocketClientProtocol:
         """A new connection, after as many attempts as it takes (close() cancels it)."""
@@ -451,6 +455,20 @@ class Client:
             fields["limit"] = limit
         reply = await self.request("history", timeout=timeout, **fields)
         return HistoryPage.model_validate(reply, strict=False)
+
+    async def refresh(self, token: str | None = None, *, timeout: float | None = None) -> Any:
+        """Give the connection a new token before its current one expires (the hub closes
+        with 4001 at ``exp`` otherwise); without ``token``, one from the ``token`` callable.
+        Returns the new expiry (seconds since the Unix epoch); a string ``token`` given here
+        is also the one the next reconnect presents."""
+        if token is None:
+            if not callable(self.token):
+                raise UsageError("refresh() needs a token, or connect(token=) a callable")
+            token = await self._token()
+        elif not callable(self.token):
+            self.token = token
+        reply = await self.request("refresh", timeout=timeout, token=token)
+        return reply.get("expires")
 
     async def presence(self, topic: str, *, timeout: float | None = None) -> list[Any]:
         """The clients present on ``topic`` (when the hub offers presence)."""

@@ -264,6 +264,10 @@ class SyncClient:
             self._client.history(topic, since=since, limit=limit, reverse=reverse, timeout=timeout)
         )
 
+    def refresh(self, token: str | None = None, *, timeout: float | None = None) -> Any:
+        """A new token for the connection; returns its expiry (see Client.refresh)."""
+        return self._call(self._client.refresh(token, timeout=timeout))
+
     def presence(self, topic: str, *, timeout: float | None = None) -> list[Any]:
         """The clients present on ``topic`` (when the hub offers presence)."""
         return self._call(self._client.presence(topic, timeout=timeout))
