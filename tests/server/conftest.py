@@ -26,7 +26,7 @@ from typing import IO
 
 import pytest
 
-__all__ = ["HubProcess", "StartHub", "hub_command", "hub_environment"]
+__all__ = ["HubProcess", "StartHub", "hub_command", "hub_environment", "refused_setting"]
 
 #: Bounds for starting and stopping a daemon.
 START_TIMEOUT = 10.0
@@ -53,6 +53,24 @@ def hub_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra or {})
     return env
+
+
+def refused_setting(args: list[str], env: Mapping[str, str], setting: str) -> str:
+    """Run ``hub-server`` with a setting it must refuse: exit status 2, the setting named on
+    stderr, no traceback. Returns stdout and stderr, for further checks."""
+    result = subprocess.run(
+        [*hub_command(), *args],
+        env=hub_environment(env),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    output = f"stdout: {result.stdout!r}\nstderr: {result.stderr!r}"
+    assert result.returncode == 2, output
+    assert re.search(rf"\b{setting}\b", result.stderr), f"{setting} not named: {output}"
+    assert "Traceback" not in result.stderr, output
+    return output
 
 
 class HubProcess:

@@ -26,7 +26,12 @@ import msgpack
 import pytest
 
 from hub.protocol import InvalidStatus, connect
-from tests.server.conftest import HubProcess, StartHub, hub_command, hub_environment
+from tests.server.conftest import (
+    HubProcess,
+    StartHub,
+    hub_environment,
+    refused_setting,
+)
 from tests.server.peers import (
     CODECS,
     JSON,
@@ -1030,18 +1035,7 @@ async def test_plain_http_without_upgrade(hub: HubProcess, path: str, status: in
 def test_an_invalid_setting_exits_2_naming_it(
     args: list[str], env: dict[str, str], setting: str
 ) -> None:
-    result = subprocess.run(
-        [*hub_command(), *args],
-        env=hub_environment(env),
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=20,
-    )
-    output = f"stdout: {result.stdout!r}\nstderr: {result.stderr!r}"
-    assert result.returncode == 2, output
-    assert re.search(rf"\b{setting}\b", result.stderr), f"{setting} not named: {output}"
-    assert "Traceback" not in result.stderr, output
+    refused_setting(args, env, setting)
 
 
 def test_python_dash_m_hub_help() -> None:
