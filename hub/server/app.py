@@ -29,10 +29,10 @@ from hub.broker.memory import MemoryBackend
 from hub.broker.redis import RedisBackend
 from hub.broker.router import BackendFactory, Router
 from hub.broker.topics import validate_pattern, validate_topic
-from hub.exceptions import InsufficientState, NegotiationError
+from hub.exceptions import InsufficientState, NegotiationError, Unauthorized
 from hub.protocol.asyncio import WebSocketServer, WebSocketServerProtocol, serve
 from hub.protocol.http11 import Headers, header_tokens
-from hub.server.auth import Unauthenticated, token_of
+from hub.server.auth import token_of
 from hub.server.limits import Counts, KeyedRate
 from hub.server.session import RATE_LIMITED, Session
 from hub.server.settings import Settings
@@ -246,7 +246,7 @@ class Hub:
         try:
             token = token_of(websocket.path, websocket.request_headers)
             identity = self.authenticator.authenticate(token)
-        except Unauthenticated as exc:  # expired since the handshake, a moment ago
+        except Unauthorized as exc:  # expired since the handshake, a moment ago
             await websocket.close(Session.UNAUTHORIZED, str(exc)[:120])
             return
         user = identity.user
@@ -292,7 +292,7 @@ class Hub:
         if self.authenticator.mode != "off":
             try:
                 identity = self.authenticator.authenticate(token_of(path, headers))
-            except Unauthenticated as exc:
+            except Unauthorized as exc:
                 logger.info("refused a handshake: %s", exc)
                 return (
                     401,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import jwt
 
+from hub.exceptions import Unauthorized
 from hub.protocol.http11 import Headers
 from hub.server.permissions import Permissions
 
@@ -30,17 +31,11 @@ __all__ = [
     "Authenticator",
     "Identity",
     "Key",
-    "Unauthenticated",
     "check_key",
     "token_of",
 ]
 
 Mode = Literal["off", "required", "optional"]
-
-
-class Unauthenticated(Exception):
-    """The token is missing, malformed, forged, expired or not allowed: refuse with 401 (in
-    the handshake) or answer ``unauthorized`` (to a ``refresh``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,36 +100,37 @@ class Authenticator:
         self.anonymous = Identity(None, anonymous)
 
     def authenticate(self, token: str | None) -> Identity:
-        """The identity that ``token`` proves; Unauthenticated if it proves none."""
+        """The identity that ``token`` proves. Unauthorized if it proves none: the handshake
+        answers 401, a ``refresh`` the ``unauthorized`` error."""
         if self.mode == "off":
             return EVERYONE
         if token is None:
             if self.mode == "optional":
                 return self.anonymous
-            raise Unauthenticated("a token is required")
+            raise Unauthorized("a token is required")
         claims = self._verify(token)
         user = claims.get("sub")
         if not isinstance(user, str) or not user:
-            raise Unauthenticated("the token has no sub (user id)")
+            raise Unauthorized("the token has no sub (user id)")
         try:
             permissions = Permissions.from_claims(claims, default=Permissions.none())
             expires = float(claims["exp"])
         except (OverflowError, ValueError) as exc:
-            raise Unauthenticated(f"the token's claims are invalid: {exc}") from None
+            raise Unauthorized(f"the token's claims are invalid: {exc}") from None
         return Identity(user, permissions, expires)
 
     def _verify(self, token: str) -> dict[str, Any]:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
-            raise Unauthenticated(f"malformed token: {exc}") from None
+            raise Unauthorized(f"malformed token: {exc}") from None
         alg, kid = header.get("alg"), header.get("kid")
         candidates = [
             k for k in self.keys if k.alg == alg and (kid is None or k.kid in (None, kid))
         ]
         if not candidates:
             # alg "none", or an algorithm no key uses: never trust what the token asks for.
-            raise Unauthenticated(f"tokens signed with {alg!r} are not accepted")
+            raise Unauthorized(f"tokens signed with {alg!r} are not accepted")
         error: Exception | None = None
         for key in candidates:
             try:
@@ -143,7 +139,7 @@ class Authenticator:
                 )
                 return claims
             except jwt.ExpiredSignatureError:
-                raise Unauthenticated("the token has expired") from None
+                raise Unauthorized("the token has expired") from None
             except (jwt.PyJWTError, OverflowError, ValueError, TypeError) as exc:
                 error = exc
-        raise Unauthenticated(f"invalid token: {error}")
+        raise Unauthorized(f"invalid token: {error}")

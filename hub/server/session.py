@@ -38,7 +38,7 @@ from hub.exceptions import (
 )
 from hub.protocol.asyncio import WebSocketServerProtocol
 from hub.protocol.connection import PreparedMessage
-from hub.server.auth import EVERYONE, Identity, Unauthenticated
+from hub.server.auth import EVERYONE, Identity
 from hub.server.limits import AbuseCounter, TokenBucket
 from hub.server.publisher import Publisher
 from hub.wire.codecs import select_codec
@@ -279,10 +279,7 @@ class Session:
 
     def _refresh(self, request: Refresh) -> None:
         """Take a new token: same user, new expiry and permissions (docs/protocol.md)."""
-        try:
-            identity = self.hub.authenticator.authenticate(request.token)
-        except Unauthenticated as exc:
-            raise Unauthorized(str(exc)) from None
+        identity = self.hub.authenticator.authenticate(request.token)  # or Unauthorized
         if identity.user != self.identity.user:
             raise Unauthorized("a refreshed token must be for the same user (sub)")
         # A token may not take back a subscription the connection holds: that would need the
