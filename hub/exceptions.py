@@ -24,8 +24,9 @@
     │   ├── RequestTimeout          no reply within the request's timeout
     │   ├── Disconnected            not connected (and not waiting), or the connection dropped
     │   │                           before the reply came: the request may or may not have run
-    │   ├── NotRecovered            a subscription missed publications that could not be replayed
-    │   └── Undeliverable           a publication that the connection's encoding cannot carry
+    │   └── SubscriptionNotice      raised by a subscription's iterator, which goes on after it
+    │       ├── NotRecovered        publications were missed that could not be replayed
+    │       └── Undeliverable       a publication that the connection's encoding cannot carry
     └── RequestError                a hub request cannot be served (carries the wire error code)
         ├── BadRequest              bad_request: not a valid request (syntax, types, limits)
         ├── UnknownOp               unknown_op: a request whose op the hub does not know
@@ -79,6 +80,7 @@ __all__ = [
     "RateLimited",
     "RequestError",
     "RequestTimeout",
+    "SubscriptionNotice",
     "TooLarge",
     "Unauthorized",
     "Unavailable",
@@ -267,23 +269,23 @@ class Disconnected(ClientError):
     request may or may not have run: retry only what is safe to repeat)."""
 
 
-class NotRecovered(ClientError):
+class SubscriptionNotice(ClientError):
+    """What a subscription's iterator raises in place of a message it cannot give; iterating
+    again goes on after it. ``topic`` is the concrete topic or pattern concerned."""
+
+    def __init__(self, message: str, topic: str) -> None:
+        super().__init__(message)
+        self.topic = topic
+
+
+class NotRecovered(SubscriptionNotice):
     """After a reconnect, the hub could not replay what a subscription missed
-    (``recovered: false``). The subscription goes on with live messages; ``topic`` is the
-    concrete topic or pattern concerned."""
-
-    def __init__(self, message: str, topic: str) -> None:
-        super().__init__(message)
-        self.topic = topic
+    (``recovered: false``). The subscription goes on with live messages."""
 
 
-class Undeliverable(ClientError):
-    """A publication on ``topic`` that the connection's encoding cannot carry (binary data
-    on JSON, an integer beyond 64 bits on msgpack): the subscription goes on after it."""
-
-    def __init__(self, message: str, topic: str) -> None:
-        super().__init__(message)
-        self.topic = topic
+class Undeliverable(SubscriptionNotice):
+    """A publication that the connection's encoding cannot carry (binary data on JSON, an
+    integer beyond 64 bits on msgpack): the subscription goes on after it."""
 
 
 # --- hub requests (the wire protocol, PROTOCOL.md) ------------------------------------------------

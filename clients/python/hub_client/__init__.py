@@ -24,6 +24,7 @@ from hub.exceptions import (
     NotRecovered,
     RequestError,
     RequestTimeout,
+    SubscriptionNotice,
     Undeliverable,
 )
 from hub_client.client import Client, ConnectionState, HistoryPage, connect
@@ -44,6 +45,7 @@ __all__ = [
     "RequestError",
     "RequestTimeout",
     "Subscription",
+    "SubscriptionNotice",
     "SyncClient",
     "SyncSubscription",
     "Undeliverable",

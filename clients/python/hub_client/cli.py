@@ -38,7 +38,7 @@ from typing import Any, NoReturn
 
 import msgpack
 
-from hub.exceptions import HubError, NotRecovered, RequestError, Undeliverable
+from hub.exceptions import HubError, RequestError, SubscriptionNotice
 from hub_client.client import Client, ConnectionState
 from hub_client.client import connect as async_connect
 from hub_client.subscription import Message, Subscription
@@ -307,7 +307,7 @@ async def _forward(subscription: Subscription, messages: asyncio.Queue[Message |
     while True:
         try:
             message = await subscription.get()
-        except (NotRecovered, Undeliverable) as exc:
+        except SubscriptionNotice as exc:  # NotRecovered, Undeliverable
             logger.warning("%s (subscription %s)", exc, subscription.pattern)
             continue
         except StopAsyncIteration:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hub.exceptions import ClientError, NotRecovered, Undeliverable, UsageError
+from hub.exceptions import NotRecovered, SubscriptionNotice, Undeliverable, UsageError
 
 if TYPE_CHECKING:
     from hub_client.client import Client
@@ -66,7 +66,7 @@ class Subscription:
         self.confirmed_on = 0
         #: The time to take as ``time`` once this many more msgs (a replay) have arrived.
         self._time_after: tuple[int | None, int] = (None, 0)
-        self._buffer: collections.deque[Message | ClientError | object] = collections.deque()
+        self._buffer: collections.deque[Message | SubscriptionNotice | object] = collections.deque()
         self._changed = asyncio.Event()  # something was put or taken
         self._callback_task: asyncio.Task[None] | None = None
 
@@ -125,7 +125,7 @@ class Subscription:
             self.active = False
             self._put(_END)
 
-    def _put(self, item: Message | ClientError | object) -> None:
+    def _put(self, item: Message | SubscriptionNotice | object) -> None:
         self._buffer.append(item)
         self._changed.set()
 
@@ -142,7 +142,7 @@ class Subscription:
             raise StopAsyncIteration
         self._buffer.popleft()
         self._changed.set()
-        if isinstance(item, ClientError):
+        if isinstance(item, SubscriptionNotice):
             raise item
         assert isinstance(item, Message)
         return item
@@ -170,7 +170,7 @@ class Subscription:
                 message = await self.get()
             except StopAsyncIteration:
                 return
-            except ClientError as exc:  # NotRecovered, Undeliverable
+            except SubscriptionNotice as exc:  # NotRecovered, Undeliverable
                 self.client.logger.warning("subscription %s: %s", self.pattern, exc)
                 continue
             try:
