@@ -32,7 +32,7 @@ from hub.broker.topics import validate_pattern, validate_topic
 from hub.exceptions import InsufficientState, NegotiationError, Unauthorized
 from hub.protocol.asyncio import WebSocketServer, WebSocketServerProtocol, serve
 from hub.protocol.http11 import Headers, header_tokens
-from hub.server.auth import token_of
+from hub.server.auth import EVERYONE, Identity, token_of
 from hub.server.limits import Counts, KeyedRate
 from hub.server.session import RATE_LIMITED, Session
 from hub.server.settings import Settings
@@ -243,11 +243,10 @@ class Hub:
         if len(self.sessions) >= self.settings.max_connections:
             await websocket.close(1013, "too many connections")
             return
-        try:
-            token = token_of(websocket.path, websocket.request_headers)
-            identity = self.authenticator.authenticate(token)
-        except Unauthorized as exc:  # expired since the handshake, a moment ago
-            await websocket.close(Session.UNAUTHORIZED, str(exc)[:120])
+        assert isinstance(websocket, _HubConnection)  # serve() makes them
+        identity = websocket.identity  # verified in the handshake (_process_request)
+        if identity.expires is not None and identity.expires <= time.time():
+            await websocket.close(Session.UNAUTHORIZED, "the token has expired")
             return
         user = identity.user
         if user is not None and not self._users.acquire(user):
@@ -264,10 +263,11 @@ class Hub:
                 self._users.release(user)
 
     def _process_request(
-        self, path: str, headers: Headers, address: str | None = None
+        self, path: str, headers: Headers, connection: _HubConnection | None = None
     ) -> tuple[int, Headers, bytes] | None:
         """Answer plain HTTP (health, 404, 426) or refuse a handshake (401, 429); None lets
-        the WebSocket handshake go on."""
+        the WebSocket handshake go on, with the identity the token proved on ``connection``."""
+        address = None if connection is None else connection.host
         route = path.split("?")[0]
         if route == "/healthz":
             health = self.health()
@@ -302,20 +302,28 @@ class Hub:
             limit = self.settings.max_connections_per_user
             if identity.user is not None and self._users.count(identity.user) >= limit:
                 return _too_many(f"at most {limit} connections per user")
+            if connection is not None:
+                connection.identity = identity
         return None
 
 
 class _HubConnection(WebSocketServerProtocol):
-    """The hub's server connection: its handshake checks need the peer's address."""
+    """The hub's server connection: its handshake checks need the peer's address, and leave
+    the identity that the token proved for the session (so the token is verified once)."""
+
+    identity: Identity = EVERYONE
 
     def __init__(self, *args: Any, hub: Hub, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.hub = hub
 
-    def process_request(self, path: str, request_headers: Headers) -> Any:
+    @property
+    def host(self) -> str | None:
         address = self.remote_address
-        host = address[0] if isinstance(address, tuple) else None
-        return self.hub._process_request(path, request_headers, host)
+        return address[0] if isinstance(address, tuple) else None
+
+    def process_request(self, path: str, request_headers: Headers) -> Any:
+        return self.hub._process_request(path, request_headers, self)
 
 
 def _too_many(reason: str) -> tuple[int, Headers, bytes]:
