@@ -27,7 +27,7 @@ import inspect
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
@@ -51,6 +51,8 @@ logger = logging.getLogger("hub_client")
 
 #: A token, or a function that returns a fresh one (called at every (re)connection).
 TokenSource = str | Callable[[], str | Awaitable[str]] | None
+
+_T = TypeVar("_T")
 
 #: Frames that nobody handled, waiting for recv(); past this many the oldest is dropped.
 RAW_QUEUE = 1000
@@ -347,21 +349,28 @@ class Client:
         if not self._connected.is_set():
             if self.when_disconnected == "fail":
                 raise Disconnected(f"not connected to the hub ({self.state.value})")
-            connected = asyncio.ensure_future(self._connected.wait())
-            closed = asyncio.ensure_future(self._closed.wait())
-            try:
-                await asyncio.wait(
-                    [connected, closed], timeout=timeout, return_when="FIRST_COMPLETED"
-                )
-            finally:
-                connected.cancel()
-                closed.cancel()
+            await self._unless_closed(self._connected.wait(), timeout)
             if self._closed.is_set():
                 raise Disconnected("the client is closed")
             if not self._connected.is_set():
                 raise RequestTimeout(f"not connected to the hub within {timeout:g} s")
         assert self._ws is not None
         return self._ws
+
+    async def _unless_closed(
+        self, waiting: Awaitable[_T], timeout: float | None = None
+    ) -> asyncio.Future[_T]:
+        """Wait for ``waiting`` until it is done, the client is closed or ``timeout`` passes;
+        return its future, cancelled unless it is done."""
+        future = asyncio.ensure_future(waiting)
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait([future, closed], timeout=timeout, return_when="FIRST_COMPLETED")
+        finally:
+            closed.cancel()
+            if not future.done():
+                future.cancel()
+        return future
 
     async def send(self, message: dict[str, Any] | BaseModel) -> None:
         """Send one wire-protocol request as it is (a dict, or a model of hub.wire.messages);
@@ -378,14 +387,7 @@ class Client:
         """The next frame that the client did not handle itself (replies to :meth:`send`);
         Disconnected once the client is closed and none is left."""
         if self._raw.empty() and not self._closed.is_set():
-            getting = asyncio.ensure_future(self._raw.get())
-            closed = asyncio.ensure_future(self._closed.wait())
-            try:
-                await asyncio.wait([getting, closed], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closed.cancel()
-                if not getting.done():
-                    getting.cancel()
+            getting = await self._unless_closed(self._raw.get())
             if getting.done() and not getting.cancelled():
                 return getting.result()
         if self._raw.empty():
