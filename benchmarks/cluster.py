@@ -93,6 +93,11 @@ REDIS = "redis"
 REDIS_SERVER = "redis-server"
 NODE_A, NODE_B = "A", "B"
 PREFIX = "benchcluster"
+#: --hub-cmd, shared with history.py: every node runs it, and the backend is appended.
+NODE_CMD_OPTION: dict[str, Any] = {
+    "default": DEFAULT_HUB_CMD,
+    "help": f"command for every hub-server, without the backend (default: {DEFAULT_HUB_CMD!r})",
+}
 #: --redis-server, shared with history.py.
 REDIS_SERVER_OPTION: dict[str, Any] = {
     "default": shutil.which("redis-server"),
@@ -652,11 +657,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
     parser.add_argument("--redis-server", **REDIS_SERVER_OPTION)
-    parser.add_argument(
-        "--hub-cmd",
-        default=DEFAULT_HUB_CMD,
-        help=f"command for every hub-server, without the backend (default: {DEFAULT_HUB_CMD!r})",
-    )
+    parser.add_argument("--hub-cmd", **NODE_CMD_OPTION)
     parser.add_argument("--json", **JSON_OPTION)
     args = parser.parse_args(argv)
     for name in ("window", "repeat"):

@@ -55,6 +55,7 @@ import redis
 from cluster import (
     DEFAULT_REDIS_CMD,
     HUB_TROUBLE,
+    NODE_CMD_OPTION,
     REDIS_SERVER,
     REDIS_SERVER_OPTION,
     REDIS_WARNING,
@@ -94,7 +95,6 @@ from echo import (
     slice_count,
 )
 from fanout import (
-    DEFAULT_HUB_CMD,
     MIN_SIZE,
     SEED_OPTION,
     SIZES_OPTION,
@@ -1107,11 +1107,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--startup-timeout", **STARTUP_TIMEOUT_OPTION)
     parser.add_argument("--redis-server", **REDIS_SERVER_OPTION)
-    parser.add_argument(
-        "--hub-cmd",
-        default=DEFAULT_HUB_CMD,
-        help=f"command for every hub-server, without the backend (default: {DEFAULT_HUB_CMD!r})",
-    )
+    parser.add_argument("--hub-cmd", **NODE_CMD_OPTION)
     parser.add_argument("--json", **JSON_OPTION)
     args = parser.parse_args(argv)
     for name in ("subscribers", "window", "repeat", "topics", "messages", "missed"):
