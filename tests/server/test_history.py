@@ -285,13 +285,15 @@ async def test_history_never_serves_publications_older_than_the_ttl(
     start_nodes: StartNodes, open_peer: OpenPeer
 ) -> None:
     async with asyncio.timeout(TEST_BOUND):
-        nodes = await start_nodes("--history-size", "10", "--history-ttl", "1")
+        nodes = await start_nodes("--history-size", "10", "--history-ttl", "2")
         publisher, reader = await open_peer(nodes.publisher), await open_peer(nodes.reader)
         epoch = (await publish(publisher, "h.a", ["v1", "v2"]))[0]["epoch"]
-        await asyncio.sleep(0.6)  # wall-clock time between the two pairs: the ttl is about age
+        # Wall-clock time between the two pairs (the ttl is about age): 1 s, so that the checks
+        # that follow have a second before the second pair ages out too, even on a loaded CI.
+        await asyncio.sleep(1.0)
         await publish(publisher, "h.a", ["v3", "v4"])
         seen: list[list[int]] = []
-        async with asyncio.timeout(3):
+        async with asyncio.timeout(5):
             while not seen or seen[-1] != [3, 4]:
                 reply = await history(reader, "h.a")
                 assert (reply["epoch"], reply["offset"]) == (epoch, 4), reply
@@ -302,7 +304,7 @@ async def test_history_never_serves_publications_older_than_the_ttl(
         assert offsets((await history(reader, "h.a", reverse=True))["messages"]) == [4, 3]
         since = {"epoch": epoch, "offset": 1}
         assert offsets((await history(reader, "h.a", since=since))["messages"]) == [3, 4]
-        async with asyncio.timeout(3):
+        async with asyncio.timeout(5):
             while (reply := await history(reader, "h.a"))["messages"]:
                 assert offsets(reply["messages"]) == [3, 4], reply
                 await asyncio.sleep(0.05)

@@ -447,12 +447,14 @@ async def test_recover_across_publications_older_than_the_ttl_is_not_recovered(
     start_nodes: StartNodes, open_peer: OpenPeer
 ) -> None:
     async with asyncio.timeout(TEST_BOUND):
-        nodes = await start_nodes("--history-size", "10", "--history-ttl", "1")
+        nodes = await start_nodes("--history-size", "10", "--history-ttl", "2")
         publisher, reader = await open_peer(nodes.publisher), await open_peer(nodes.reader)
         epoch = (await publish(publisher, "c.a", ["v1", "v2"]))[0]["epoch"]
-        await asyncio.sleep(0.6)  # wall-clock time between the two pairs: the ttl is about age
+        # Wall-clock time between the two pairs (the ttl is about age): 1 s, so that the checks
+        # that follow have a second before the second pair ages out too, even on a loaded CI.
+        await asyncio.sleep(1.0)
         await publish(publisher, "c.a", ["v3", "v4"])
-        await wait_history(reader, "c.a", [3, 4])  # 1 and 2 aged out, 3 and 4 did not
+        await wait_history(reader, "c.a", [3, 4], within=5)  # 1 and 2 aged out, 3 and 4 not
         fresh, stale = await open_peer(nodes.reader), await open_peer(nodes.reader)
         assert_concrete_ok(
             await recover(fresh, "c.a", {"epoch": epoch, "offset": 2}), epoch, 4, True
