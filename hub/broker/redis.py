@@ -229,12 +229,22 @@ class RedisBackend(Backend):
         #: The time (Redis's clock, ms) of the last publication received, or of the start:
         #: after a reconnect, topics published since then may have been missed.
         self._clock = 0
+        #: Receives the presence events (``P ...``) that arrive on a subscribed topic's
+        #: channel, with the topic (:mod:`hub.broker.redis_presence`).
+        self.on_presence: Callable[[str, bytes], None] | None = None
 
     # --- state ------------------------------------------------------------------------------------
 
     @property
     def state(self) -> str:
         return self._state
+
+    @property
+    def redis(self) -> redis.asyncio.Redis:
+        """The client for commands (run them through :meth:`command`), once started."""
+        if self._client is None:
+            raise UsageError("the redis backend is not started (or already closed)")
+        return self._client
 
     async def start(self) -> None:
         """Connect, load the scripts, subscribe; Unavailable (naming the URL without its
@@ -305,7 +315,7 @@ class RedisBackend(Backend):
 
     async def publish(self, topic: str, payload: bytes) -> Publication:
         keys, args = self._publish_arguments(topic, payload)
-        reply = await self._command(lambda: self._publish_script(keys=keys, args=args))
+        reply = await self.command(lambda: self._publish_script(keys=keys, args=args))
         return self._publication(topic, payload, reply)
 
     def _publish_arguments(self, topic: str, payload: bytes) -> tuple[list[str], list[Any]]:
@@ -335,7 +345,7 @@ class RedisBackend(Backend):
         if len(items) == 1:
             return await super().publish_many(items)
         try:
-            replies = await self._command(lambda: self._pipelined_publish(items))
+            replies = await self.command(lambda: self._pipelined_publish(items))
         except RequestError as exc:
             return [exc] * len(items)  # the connection failed: any of them may be published
         results: list[Publication | RequestError] = []
@@ -369,13 +379,13 @@ class RedisBackend(Backend):
         return await pipeline.execute(raise_on_error=False)
 
     async def position(self, topic: str) -> tuple[str, int]:
-        [position] = await self._command(lambda: self._positions([topic]))
+        [position] = await self.command(lambda: self._positions([topic]))
         return position
 
     async def history(
         self, topic: str, *, after: int = 0, limit: int, newest_first: bool = False
     ) -> History:
-        return await self._command(lambda: self._read_history(topic, after, limit, newest_first))
+        return await self.command(lambda: self._read_history(topic, after, limit, newest_first))
 
     async def _read_history(
         self, topic: str, after: int, limit: int, newest_first: bool = False
@@ -412,7 +422,7 @@ class RedisBackend(Backend):
         return self._baselines.get(topic, ("", 0))
 
     async def topics_since(self, time: int) -> list[str]:
-        return await self._command(lambda: self._topics_since(time))
+        return await self.command(lambda: self._topics_since(time))
 
     async def _topics_since(self, time: int) -> list[str]:
         assert self._client is not None
@@ -420,14 +430,14 @@ class RedisBackend(Backend):
         return [cast(bytes, name).decode() for name in names]
 
     async def time(self) -> int:
-        return await self._command(self._time)
+        return await self.command(self._time)
 
     async def _time(self) -> int:
         assert self._client is not None
         seconds, microseconds = await self._client.time()
         return int(seconds) * 1000 + int(microseconds) // 1000
 
-    async def _command(self, command: Callable[[], Awaitable[_T]]) -> _T:
+    async def command(self, command: Callable[[], Awaitable[_T]]) -> _T:
         """Run a command while up, within ``command_timeout``; Unavailable or InternalError
         (never a redis-py exception) when it fails."""
         self._check_state()
@@ -645,20 +655,24 @@ class RedisBackend(Backend):
     def _dispatch(self, response: Any) -> None:
         kind = response[0]
         if kind == b"message":
-            self._receive(response[1], response[2])
+            self._receive(response[1], response[2], (False, response[1]))
         elif kind == b"pmessage":
-            self._receive(response[2], response[3])
+            self._receive(response[2], response[3], (True, response[1]))
         elif (target := _confirmation(response)) is not None:
             waiter = self._confirmations.pop(target, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)
         # Unsubscribe confirmations and PING answers need nothing.
 
-    def _receive(self, channel: bytes, data: bytes) -> None:
+    def _receive(self, channel: bytes, data: bytes, target: _Target) -> None:
+        """A message that arrived through ``target`` (a topic's channel or a glob)."""
         try:
             topic = channel[len(self._channel_head) :].decode()
             if next(self._patterns.match(topic), None) is None:
                 return  # not subscribed (any more), or a glob wider than the pattern
+            if data[:2] == b"P ":
+                self._receive_presence(topic, data, target)
+                return
             offset_text, epoch_bytes, time_text, payload = data.split(b" ", 3)
             offset = int(offset_text)
             epoch = epoch_bytes.decode()
@@ -678,6 +692,16 @@ class RedisBackend(Backend):
         self._baselines[topic] = (epoch, offset)
         self._clock = time_ms
         self._deliver(Publication(topic, payload, offset, epoch, time_ms))
+
+    def _receive_presence(self, topic: str, data: bytes, target: _Target) -> None:
+        """A presence event arrives once per Redis subscription that matches the topic, and
+        has no offset to tell copies apart: only the copy through the first of them counts."""
+        first = min(self._target(pattern) for pattern, _ in self._patterns.match(topic))
+        if target == first and self.on_presence is not None:
+            try:
+                self.on_presence(topic, data)
+            except Exception:
+                logger.exception("redis backend: on_presence failed for %s", topic)
 
     def _deliver(self, publication: Publication) -> None:
         try:

@@ -5,11 +5,26 @@ Keys (``{prefix}`` is the backend's key prefix): ``{prefix}:s:{topic}``, a hash 
 ``<offset>-0`` with the fields ``t`` (ms) and ``p`` (payload) per publication;
 ``{prefix}:index``, a sorted set of topics scored by the time of their last publication.
 See :mod:`hub.broker.redis` for how they are used.
+
+Presence (:mod:`hub.broker.redis_presence`): ``{prefix}:pm:{topic}``, a hash of the present
+clients' entries (JSON, by client id); ``{prefix}:pl:{topic}``, a hash from a user id to the
+last client of that user whose leave is pending; ``{prefix}:presence``, a sorted set of
+``"<topic> <client>"`` scored by when the entry expires (ms): the end of its grace period, or
+of its node's last heartbeat plus the ttl. Presence events go out on the topic's channel as
+``P join <replaced client or -> <entry>`` and ``P leave - <entry>``.
 """
 
 from __future__ import annotations
 
-__all__ = ["HISTORY", "POSITIONS", "PUBLISH"]
+__all__ = [
+    "HISTORY",
+    "POSITIONS",
+    "PRESENCE_HEARTBEAT",
+    "PRESENCE_JOIN",
+    "PRESENCE_LEAVE",
+    "PRESENCE_SWEEP",
+    "PUBLISH",
+]
 
 #: The time of Redis, in ms, for the scripts below.
 NOW = """
@@ -96,5 +111,104 @@ if oldest then
     end
 end
 return {position[1], position[2] or 0, oldest, entries}
+"""
+)
+
+#: KEYS: the topic's entries, pending leaves and the expiry set. ARGV: topic, client, user (""
+#: when anonymous), entry, ttl (ms), channel. A pending leave of the same user's last client is
+#: dropped: the join names that client instead of a leave going out. Returns 1 if it joined.
+PRESENCE_JOIN = (
+    NOW
+    + """
+local replaces = '-'
+if ARGV[3] ~= '' then
+    local old = redis.call('HGET', KEYS[2], ARGV[3])
+    if old then
+        redis.call('HDEL', KEYS[2], ARGV[3])
+        if old ~= ARGV[2] then
+            redis.call('HDEL', KEYS[1], old)
+            redis.call('ZREM', KEYS[3], ARGV[1] .. ' ' .. old)
+            replaces = old
+        end
+    end
+end
+local added = redis.call('ZADD', KEYS[3], now + ARGV[5], ARGV[1] .. ' ' .. ARGV[2])
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
+if added == 1 or replaces ~= '-' then
+    redis.call('PUBLISH', ARGV[6], 'P join ' .. replaces .. ' ' .. ARGV[4])
+end
+return added
+"""
+)
+
+#: KEYS: as PRESENCE_JOIN. ARGV: topic, client, user ("" when anonymous), grace (ms), channel.
+#: With a user and a grace period the entry stays until the grace period ends (the sweep
+#: then sends the leave); otherwise the leave goes out now.
+PRESENCE_LEAVE = (
+    NOW
+    + """
+local entry = redis.call('HGET', KEYS[1], ARGV[2])
+if not entry then
+    return 0
+end
+local member = ARGV[1] .. ' ' .. ARGV[2]
+if ARGV[3] ~= '' and tonumber(ARGV[4]) > 0 then
+    redis.call('ZADD', KEYS[3], now + ARGV[4], member)
+    redis.call('HSET', KEYS[2], ARGV[3], ARGV[2])
+    return 1
+end
+redis.call('HDEL', KEYS[1], ARGV[2])
+redis.call('ZREM', KEYS[3], member)
+redis.call('PUBLISH', ARGV[5], 'P leave - ' .. entry)
+return 1
+"""
+)
+
+#: KEYS: the expiry set. ARGV: key prefix, most entries to expire. Removes the expired entries
+#: (grace periods over, nodes that stopped their heartbeat) and sends their leaves; atomic, so
+#: that of the nodes that sweep, exactly one sends each leave. Returns how many expired.
+PRESENCE_SWEEP = (
+    NOW
+    + """
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])
+for _, member in ipairs(expired) do
+    redis.call('ZREM', KEYS[1], member)
+    local space = string.find(member, ' ', 1, true)
+    local topic = string.sub(member, 1, space - 1)
+    local client = string.sub(member, space + 1)
+    local entries = ARGV[1] .. ':pm:' .. topic
+    local entry = redis.call('HGET', entries, client)
+    if entry then
+        redis.call('HDEL', entries, client)
+        local ok, fields = pcall(cjson.decode, entry)
+        if ok and type(fields) == 'table' and type(fields['user']) == 'string' then
+            local leaving = ARGV[1] .. ':pl:' .. topic
+            if redis.call('HGET', leaving, fields['user']) == client then
+                redis.call('HDEL', leaving, fields['user'])
+            end
+        end
+        redis.call('PUBLISH', ARGV[1] .. ':t:' .. topic, 'P leave - ' .. entry)
+    end
+end
+return #expired
+"""
+)
+
+#: KEYS: the expiry set. ARGV: key prefix, ttl (ms), then (topic, client, entry) per entry of
+#: the node. Extends each entry's life; one that is gone (expired while the node could not
+#: reach Redis, or Redis lost it) is written again and joins again. Returns how many rejoined.
+PRESENCE_HEARTBEAT = (
+    NOW
+    + """
+local joined = 0
+for i = 3, #ARGV, 3 do
+    local topic, client, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+    if redis.call('ZADD', KEYS[1], now + ARGV[2], topic .. ' ' .. client) == 1 then
+        redis.call('HSET', ARGV[1] .. ':pm:' .. topic, client, entry)
+        redis.call('PUBLISH', ARGV[1] .. ':t:' .. topic, 'P join - ' .. entry)
+        joined = joined + 1
+    end
+end
+return joined
 """
 )

@@ -17,13 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Container, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import msgpack
 
 from hub.broker.backend import Backend, Publication
+from hub.broker.presence import PresenceEvent
 from hub.broker.registry import Registry
 from hub.exceptions import BadRequest, RequestError
 from hub.wire.codecs import JSON, Codec
@@ -38,6 +39,10 @@ class Subscriber(Hashable, Protocol):
     that its subscription can no longer be served without a gap."""
 
     codec: Codec
+
+    @property
+    def join_leave(self) -> Container[str]:
+        """The patterns it subscribed with ``join_leave``: it gets their presence events."""
 
     def push(self, frame: Any) -> None: ...
 
@@ -178,6 +183,26 @@ class Router:
                 subscriber.push(frame)
             self.delivered += len(subscribers)
 
+    def deliver_presence(self, event: PresenceEvent) -> None:
+        """Send a presence event to the local subscriptions that asked for them (the
+        presence's callback): ``join`` or ``leave`` with the topic and the member's fields."""
+        message: dict[str, Any] | None = None
+        for pattern, subscribers in self.registry.match(event.topic):
+            frames: dict[Codec, Any] = {}
+            for subscriber in subscribers:
+                if pattern not in subscriber.join_leave:
+                    continue
+                if message is None:
+                    message = {"op": event.kind, "topic": event.topic, **event.member.fields()}
+                    if event.replaces is not None:
+                        message["replaces"] = event.replaces
+                frame = frames.get(subscriber.codec)
+                if frame is None:
+                    frame = frames[subscriber.codec] = _prepare_event(
+                        subscriber.codec, {**message, "sub": pattern}
+                    )
+                subscriber.push(frame)
+
     def _skips(self, pattern: str, subscriber: Subscriber, publication: Publication) -> bool:
         """Whether a joining subscription does not get ``publication`` live (held or below
         its floor); False for every other subscription."""
@@ -273,3 +298,13 @@ def _prepare(codec: Codec, message: dict[str, Any]) -> Any:
                 **{key: message[key] for key in ("topic", "sub", "offset", "epoch")},
             }
         )
+
+
+def _prepare_event(codec: Codec, message: dict[str, Any]) -> Any:
+    """A presence event for this codec; an ``info`` it cannot hold (a 70-bit integer for
+    msgpack) is left out rather than losing the event."""
+    try:
+        return codec.prepare(message)
+    except (OverflowError, TypeError, ValueError):
+        message.pop("info", None)
+        return codec.prepare(message)

@@ -26,7 +26,9 @@ from types import TracebackType
 from typing import Any
 
 from hub.broker.memory import MemoryBackend
+from hub.broker.presence import MemoryPresence, Presence
 from hub.broker.redis import RedisBackend
+from hub.broker.redis_presence import RedisPresence
 from hub.broker.router import BackendFactory, Router
 from hub.broker.topics import validate_pattern, validate_topic
 from hub.exceptions import InsufficientState, NegotiationError, Unauthorized
@@ -59,6 +61,16 @@ def backend_factory(settings: Settings) -> BackendFactory:
     )
 
 
+def presence_for(settings: Settings, router: Router) -> Presence:
+    """Presence shared like the router's backend: in memory, or through the same Redis."""
+    topics, grace = settings.presence_topics, settings.presence_grace
+    if isinstance(router.backend, RedisBackend):
+        return RedisPresence(
+            router.backend, router.deliver_presence, topics, grace, ttl=settings.presence_ttl
+        )
+    return MemoryPresence(router.deliver_presence, topics, grace)
+
+
 class _PythonCodec:
     """In-process subscribers get the message dicts themselves, not encoded frames."""
 
@@ -83,9 +95,10 @@ class LocalSubscription:
 
     codec: Codec = _PythonCodec()
 
-    def __init__(self, hub: Hub, pattern: str, max_messages: int) -> None:
+    def __init__(self, hub: Hub, pattern: str, max_messages: int, join_leave: bool) -> None:
         self.hub = hub
         self.pattern = pattern
+        self.join_leave = frozenset([pattern] if join_leave else [])
         self.dropped = 0
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_messages)
         self._lost: str | None = None  # why the hub lost its place in the pattern's streams
@@ -137,6 +150,7 @@ class Hub:
         self.node_id = self.settings.node_id or secrets.token_hex(6)
         self.router = Router(backend_factory(self.settings))
         self.router.hold_limit = self.settings.outbox_messages
+        self.presence = presence_for(self.settings, self.router)
         self.authenticator = self.settings.authenticator()
         settings = self.settings
         self._handshakes = KeyedRate(settings.handshake_rate, settings.handshake_burst)
@@ -149,6 +163,7 @@ class Hub:
 
     async def start(self) -> None:
         await self.router.start()
+        await self.presence.start()
 
     async def close(self) -> None:
         """Stop accepting, let queued messages flush (up to ``drain_timeout``), close every
@@ -171,6 +186,7 @@ class Hub:
                     await self.server.wait_closed()
             except TimeoutError:
                 logger.warning("shutdown: some connections did not close in time")
+        await self.presence.close()  # after the sessions, whose leaves it writes
         await self.router.close()
 
     async def __aenter__(self) -> Hub:
@@ -192,8 +208,12 @@ class Hub:
         publication = await self.router.publish(validate_topic(topic), data)
         return publication.epoch, publication.offset
 
-    async def subscribe(self, pattern: str, *, max_messages: int = 1000) -> LocalSubscription:
-        subscription = LocalSubscription(self, validate_pattern(pattern), max_messages)
+    async def subscribe(
+        self, pattern: str, *, max_messages: int = 1000, join_leave: bool = False
+    ) -> LocalSubscription:
+        """Subscribe in-process; with ``join_leave`` the presence events of the topics it
+        matches arrive too (``{"op": "join", ...}``, docs/protocol.md)."""
+        subscription = LocalSubscription(self, validate_pattern(pattern), max_messages, join_leave)
         await self.router.subscribe(subscription.pattern, subscription)
         return subscription
 

@@ -6,7 +6,7 @@ with PyJWT against the configured keys (several keys verify side by side, so tha
 rotated): HS256 with a shared secret, RS256 or ES256 with a public key. ``alg: none`` and any
 algorithm that no key names are refused, whatever the token says. The claims are ``sub`` (the
 user id), ``exp`` (required) and optional ``subscribe`` / ``publish`` lists of topic patterns
-(:mod:`hub.server.permissions`).
+(:mod:`hub.server.permissions`), and an optional ``info`` (any JSON value) that presence shows.
 
 Modes: ``off`` (everyone may do everything: local development), ``required`` (no valid token,
 no connection: HTTP 401) and ``optional`` (a client without a token gets the configured
@@ -50,12 +50,14 @@ class Key:
 
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A connection's user (None: anonymous), what it may do, and when its token expires
-    (seconds since the Unix epoch; None: never, when auth is off or for anonymous clients)."""
+    """A connection's user (None: anonymous), what it may do, when its token expires
+    (seconds since the Unix epoch; None: never, when auth is off or for anonymous clients),
+    and the token's ``info`` claim, which presence shows to others."""
 
     user: str | None
     permissions: Permissions
     expires: float | None = None
+    info: Any = None
 
 
 #: With auth off: nobody in particular, allowed everything.
@@ -117,7 +119,7 @@ class Authenticator:
             expires = float(claims["exp"])
         except (OverflowError, ValueError) as exc:
             raise Unauthorized(f"the token's claims are invalid: {exc}") from None
-        return Identity(user, permissions, expires)
+        return Identity(user, permissions, expires, claims.get("info"))
 
     def _verify(self, token: str) -> dict[str, Any]:
         try:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from hub.broker.backend import Publication
 from hub.broker.outbox import Outbox
+from hub.broker.presence import Member
 from hub.broker.recovery import Plan, plan_pattern, plan_topic
 from hub.broker.router import decode_payload, encode_payload
 from hub.broker.topics import is_pattern
@@ -96,6 +97,10 @@ class Session:
         settings = hub.settings
         self.outbox = Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes)
         self.subscriptions: set[str] = set()
+        #: Subscriptions that asked for join/leave events (the router reads it).
+        self.join_leave: set[str] = set()
+        #: Topics this client is present on (hub.broker.presence).
+        self.present: set[str] = set()
         self.publisher = Publisher(hub.router, self._answer_publish, settings.max_pending_publishes)
         self._closing: asyncio.Task[None] | None = None
         # Bound once: hot path.
@@ -176,6 +181,7 @@ class Session:
                 self.publisher.cancel()
             self.outbox.close()
             for pattern in list(self.subscriptions):
+                self._leave(pattern)
                 await self.hub.router.unsubscribe(pattern, self)
             self.subscriptions.clear()
             if self._closing is None:
@@ -266,6 +272,7 @@ class Session:
             if request.topic not in self.subscriptions:
                 raise NotSubscribed(f"not subscribed to {request.topic!r}")
             self.subscriptions.discard(request.topic)
+            self._leave(request.topic)
             await router.unsubscribe(request.topic, self)
             self._ok(request.id)
         elif isinstance(request, History):
@@ -275,7 +282,45 @@ class Session:
             self._refresh(request)
         else:
             self._check(permissions.may_read(request.topic), f"read {request.topic}")
-            raise Unavailable(f"{request.op} is not available yet in this version of hub")
+            await self._presence(request)
+
+    @property
+    def member(self) -> Member:
+        """This client as presence lists it."""
+        return Member(self.id, self.identity.user, self.identity.info)
+
+    def _join(self, topic: str) -> None:
+        presence = self.hub.presence
+        if presence.enabled(topic):
+            self.present.add(topic)
+            presence.join(topic, self.member)
+
+    def _leave(self, pattern: str) -> None:
+        self.join_leave.discard(pattern)
+        if pattern in self.present:
+            self.present.discard(pattern)
+            self.hub.presence.leave(pattern, self.member)
+
+    async def _presence(self, request: Presence) -> None:
+        presence = self.hub.presence
+        if not presence.enabled(request.topic):
+            raise Unavailable(f"{request.topic} has no presence (see the presence_topics setting)")
+        members = await presence.members(request.topic)
+        self._encoded_ok(request, clients=[member.fields() for member in members])
+
+    def _encoded_ok(self, request: History | Presence, **fields: Any) -> None:
+        """The ok with these fields, or unavailable if the codec cannot hold them (binary
+        data for a JSON client, a 70-bit integer for a msgpack one)."""
+        if request.id is None:
+            return
+        try:
+            frame = self.codec.encode({"op": "ok", "id": request.id, **fields})
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise Unavailable(
+                f"the {request.op} of {request.topic} cannot be encoded as"
+                f" {self.codec.subprotocol}: {exc}"
+            ) from None
+        self.push(frame)
 
     def _refresh(self, request: Refresh) -> None:
         """Take a new token: same user, new expiry and permissions (docs/protocol.md)."""
@@ -302,6 +347,8 @@ class Session:
             raise BadRequest(f"recover for {pattern!r} must be {shape}")
         if pattern in self.subscriptions:
             # Already subscribed: nothing to replay (it would repeat what was delivered).
+            if request.join_leave:
+                self.join_leave.add(pattern)
             backend = self.hub.router.backend
             fields: dict[str, Any] = {"recovered": False}
             if concrete:
@@ -337,6 +384,11 @@ class Session:
             self._ok(request.id, epoch=plan.epoch, offset=plan.offset, **fields)
         else:
             self._ok(request.id, time=plan.time, **fields)
+        # Presence events come after the ok.
+        if request.join_leave:
+            self.join_leave.add(pattern)
+        if concrete:
+            self._join(pattern)
         try:
             outbox = self.outbox
             for publication in plan.replay:
@@ -377,21 +429,4 @@ class Session:
             {"offset": p.offset, "data": decode_payload(p.payload), "time": p.time}
             for p in publications
         ]
-        if request.id is None:
-            return
-        reply = {
-            "op": "ok",
-            "id": request.id,
-            "epoch": history.epoch,
-            "offset": history.offset,
-            "messages": messages,
-        }
-        try:
-            frame = self.codec.encode(reply)
-        except (OverflowError, TypeError, ValueError) as exc:
-            # Binary data for a JSON client, or a 70-bit integer for a msgpack one.
-            raise Unavailable(
-                f"the history of {request.topic} cannot be encoded as {self.codec.subprotocol}:"
-                f" {exc}"
-            ) from None
-        self.push(frame)
+        self._encoded_ok(request, epoch=history.epoch, offset=history.offset, messages=messages)

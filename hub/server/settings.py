@@ -158,6 +158,18 @@ class Settings(BaseSettings):
         default=None, description="Origin headers accepted from browsers, JSON list; none: any"
     )
 
+    # Presence (docs/protocol.md, "Presence").
+    presence_topics: list[Annotated[str, AfterValidator(_pattern)]] = Field(
+        default_factory=list,
+        description='patterns of the topics with presence, JSON: ["chat.>"]; none: no presence',
+    )
+    presence_grace: float = Field(
+        default=5.0, ge=0, description="seconds a leaving client stays listed: a rejoin replaces it"
+    )
+    presence_ttl: float = Field(
+        default=15.0, gt=0, description="seconds a dead node's clients stay listed (redis)"
+    )
+
     # The Redis backend (docs/deployment.md), in seconds.
     redis_prefix: str = Field(
         default="hub", min_length=1, pattern=r"^[A-Za-z0-9_:-]+$", description="key prefix"
@@ -177,7 +189,12 @@ class Settings(BaseSettings):
         raise ValueError("must be memory:// or a Redis URL (redis://, rediss://, unix://)")
 
     @field_validator(
-        "history_rules", "auth_keys", "auth_anonymous", "allowed_origins", mode="before"
+        "history_rules",
+        "auth_keys",
+        "auth_anonymous",
+        "allowed_origins",
+        "presence_topics",
+        mode="before",
     )
     @classmethod
     def _from_json(cls, value: object) -> object:

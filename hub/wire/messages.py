@@ -75,6 +75,7 @@ class Sub(_Request):
     op: Literal["sub"]
     topic: Pattern
     recover: Position | PatternRecovery | None = None
+    join_leave: bool = False
 
 
 class Unsub(_Request):
