@@ -37,8 +37,7 @@ async def test_the_documented_acl_user_runs_a_node(
     settings = Settings(backend=url, presence_topics=["room.>"], presence_ttl=0.3)
     async with asyncio.timeout(10), Hub(settings) as hub:
         server = await hub.serve(port=0)
-        assert server.server is not None
-        port = server.server.sockets[0].getsockname()[1]
+        port = server.sockets[0].getsockname()[1]
         async with connect(f"ws://127.0.0.1:{port}/") as websocket:
             welcome = json.loads(await websocket.recv())
 
