@@ -85,6 +85,15 @@ class Outbox:
         self._closed = True
         self._wake()
 
+    def discard(self) -> None:
+        """Drop what is queued: the connection is gone and nothing will write it any more.
+        Closes the outbox and releases whoever waits in :meth:`drained`."""
+        self.close()
+        self._frames.clear()
+        self._size = 0
+        self.idle = True
+        self._drained.set()
+
     def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)

@@ -179,22 +179,24 @@ class RedisPresence(Presence):
         client = self.backend.redis
         channel_head = f"{self._prefix}:t:"
         try:
-            pipeline = client.pipeline(transaction=False)
-            for (topic, client_id), (kind, member) in batch.items():
-                keys = [
-                    f"{self._prefix}:pm:{topic}",
-                    f"{self._prefix}:pl:{topic}",
-                    self._expiry_key,
-                ]
-                user = member.user or ""
-                if kind == "join":
-                    args: list[Any] = [topic, client_id, user, _entry(member)]
-                    args += [int(self.ttl * 1000), channel_head + topic]
-                    await self._join(keys=keys, args=args, client=pipeline)
-                else:
-                    args = [topic, client_id, user, int(self.grace * 1000), channel_head + topic]
-                    await self._leave(keys=keys, args=args, client=pipeline)
-            await self.backend.command(pipeline.execute)
+            async with client.pipeline(transaction=False) as pipeline:
+                for (topic, client_id), (kind, member) in batch.items():
+                    keys = [
+                        f"{self._prefix}:pm:{topic}",
+                        f"{self._prefix}:pl:{topic}",
+                        self._expiry_key,
+                    ]
+                    user = member.user or ""
+                    channel = channel_head + topic
+                    if kind == "join":
+                        ttl_ms = int(self.ttl * 1000)
+                        args: list[Any] = [topic, client_id, user, _entry(member), ttl_ms, channel]
+                        await self._join(keys=keys, args=args, client=pipeline)
+                    else:
+                        grace_ms = int(self.grace * 1000)
+                        args = [topic, client_id, user, grace_ms, channel]
+                        await self._leave(keys=keys, args=args, client=pipeline)
+                await self.backend.command(pipeline.execute)
         except BaseException:
             # Newer changes of the same client and topic win over the batch's.
             self._pending = {

@@ -187,6 +187,9 @@ class Session:
             if self._closing is None:
                 writer.cancel()
             await asyncio.gather(writer, return_exceptions=True)
+            # Frames pushed after the writer stopped (a presence event, a publication in
+            # flight) will never be written: a shutdown waiting for them must not wait.
+            self.outbox.discard()
             if self._closing is not None:
                 await self._closing
 

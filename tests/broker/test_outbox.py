@@ -67,3 +67,17 @@ async def test_drained_waits_for_the_writer_to_take_everything() -> None:
         await drained
     outbox.close()
     assert await writer == []
+
+
+async def test_discard_releases_a_shutdown_waiting_for_frames_no_writer_will_take() -> None:
+    outbox = Outbox()
+    outbox.push("pushed after the writer stopped")
+    waiting = asyncio.ensure_future(outbox.drained())
+    await asyncio.sleep(0)
+    assert not waiting.done()  # without discard, this waits forever
+    outbox.discard()
+    async with asyncio.timeout(1):
+        await waiting
+    assert (len(outbox), outbox.size, outbox.idle) == (0, 0, True)
+    assert not outbox.push("after")
+    assert await outbox.get_batch() == []
