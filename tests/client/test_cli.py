@@ -403,7 +403,8 @@ def test_a_hub_that_never_answers_times_out() -> None:
         ["history", "x.y", "--limit", "many"],
         ["pub", "x.y", "1", "--codec", "xml"],
         ["pub", "x.y", "1", "--timeout", "-1"],
-        ["presence", "x.y"],
+        ["presence"],
+        ["presence", "x.y", "x.z"],
     ],
 )
 def test_usage_errors_have_status_2(args: list[str]) -> None:

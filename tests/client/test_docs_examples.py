@@ -3,7 +3,8 @@
 A fenced block preceded by the line ``<!-- runnable -->`` is an example to run: ``python``
 blocks with this interpreter, ``sh`` blocks with bash (``hub`` on PATH and ``HUB_URL`` set).
 The hub's address in the examples, ``ws://127.0.0.1:8765``, is replaced by the test hub's.
-The ``hub`` fixture (tests/client/conftest.py) is the module's daemon.
+The ``hub`` fixture (tests/client/conftest.py) is the module's daemon, with presence on
+``chat.>`` as the guide's "Presence" section says.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.server.conftest import HubProcess, hub_environment
+from tests.server.conftest import HubProcess, hub_environment, running_hub
 
 DOC = Path(__file__).parents[2] / "docs" / "client.md"
 
@@ -54,6 +56,14 @@ def examples(text: str) -> list[Example]:
 
 
 EXAMPLES = examples(DOC.read_text())
+
+
+@pytest.fixture(scope="module")
+def shared_hub() -> Iterator[HubProcess]:
+    """The module's daemon (the ``hub`` fixture uses it): the defaults, and presence on the
+    topics of the guide's presence examples."""
+    with running_hub("--presence-topics", '["chat.>"]') as process:
+        yield process
 
 
 def test_the_guide_has_runnable_examples() -> None:

@@ -429,7 +429,7 @@ def test_history(client: SyncClient, topic: str) -> None:
 
 
 def test_presence_raises_the_wire_error(client: SyncClient, topic: str) -> None:
-    # This release of hub-server answers every presence request with unavailable.
+    # The module's hub has no presence topics: presence is unavailable on every topic.
     with pytest.raises(Unavailable) as caught:
         client.presence(topic)
     assert caught.value.code == "unavailable"

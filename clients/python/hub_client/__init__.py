@@ -29,7 +29,7 @@ from hub.exceptions import (
 )
 from hub_client.client import Client, ConnectionState, HistoryPage, connect
 from hub_client.reconnect import Backoff
-from hub_client.subscription import Message, Subscription
+from hub_client.subscription import Message, PresenceEvent, PresenceMember, Subscription
 from hub_client.sync import SyncClient, SyncSubscription
 
 __all__ = [
@@ -42,6 +42,8 @@ __all__ = [
     "HubError",
     "Message",
     "NotRecovered",
+    "PresenceEvent",
+    "PresenceMember",
     "RequestError",
     "RequestTimeout",
     "Subscription",

@@ -1,11 +1,14 @@
-"""``hub`` (also ``python -m hub_client``): subscribe, publish and read history from the shell.
+"""``hub`` (also ``python -m hub_client``): subscribe, publish, read history and presence from
+the shell.
 
 ::
 
     hub sub chat.room1 'orders.*'          # one JSON line per message, until Ctrl-C
     hub sub chat.room1 --count 1           # stop after one message
+    hub sub chat.room1 --join-leave        # also one JSON line per presence event
     hub pub chat.room1 '{"text": "hi"}'    # DATA is JSON; --raw sends it as a string
     hub history chat.room1 --limit 10 --reverse
+    hub presence chat.room1                # one JSON line per client present
 
 Every command takes ``--url`` (default ``$HUB_URL``, else ws://127.0.0.1:8765), ``--codec``
 (msgpack or json, default msgpack), ``--token`` (default ``$HUB_TOKEN``) and ``--timeout``
@@ -41,7 +44,7 @@ import msgpack
 from hub.exceptions import HubError, RequestError, SubscriptionNotice
 from hub_client.client import Client, ConnectionState
 from hub_client.client import connect as async_connect
-from hub_client.subscription import Message, Subscription
+from hub_client.subscription import Message, PresenceEvent, Subscription
 
 __all__ = ["json_safe", "main"]
 
@@ -165,7 +168,8 @@ def _common_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
 def parser() -> argparse.ArgumentParser:
     main_parser = argparse.ArgumentParser(
         prog="hub",
-        description="Subscribe, publish and read history on a hub. Output: one JSON object "
+        description="Subscribe, publish, read history and presence on a hub. Output: one JSON "
+        "object "
         'per line; binary data is written as {"$base64": "..."}.',
     )
     _common_options(main_parser, defaults=True)
@@ -180,10 +184,21 @@ def parser() -> argparse.ArgumentParser:
         description="Print every message of the TOPICs (patterns allowed) as a JSON line "
         "{topic, sub, offset, epoch, data}, until Ctrl-C or SIGTERM (exit status 0). "
         "Reconnects and recovers like the SDK; a gap that could not be replayed is reported "
-        "on stderr.",
+        "on stderr. With --join-leave, also every presence event as a JSON line "
+        "{op: join|leave, topic, sub, client, user, info, replaces}.",
     )
     sub.add_argument("topics", nargs="+", metavar="TOPIC")
-    sub.add_argument("--count", type=_positive_int, metavar="N", help="exit after N messages")
+    sub.add_argument(
+        "--count",
+        type=_positive_int,
+        metavar="N",
+        help="exit after N messages (presence events do not count)",
+    )
+    sub.add_argument(
+        "--join-leave",
+        action="store_true",
+        help="also print the join and leave events of topics with presence",
+    )
 
     pub = commands.add_parser(
         "pub",
@@ -212,6 +227,15 @@ def parser() -> argparse.ArgumentParser:
         metavar="EPOCH:OFFSET",
         help="only what came after this position",
     )
+
+    presence = commands.add_parser(
+        "presence",
+        parents=[common],
+        help="print the clients present on a topic",
+        description="Print the clients present on TOPIC, one JSON line each: "
+        "{topic, client, user, info}. Fails (status 1) when the topic has no presence.",
+    )
+    presence.add_argument("topic", metavar="TOPIC")
     return main_parser
 
 
@@ -258,6 +282,16 @@ async def _history(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _presence(args: argparse.Namespace) -> int:
+    async with _connect(args) as client:
+        members = await client.presence(args.topic)
+    for member in members:
+        _write(
+            {"topic": args.topic, "client": member.client, "user": member.user, "info": member.info}
+        )
+    return 0
+
+
 async def _sub(args: argparse.Namespace) -> int:
     """Run until the messages are printed, an error, or Ctrl-C / SIGTERM (exit status 0)."""
     loop = asyncio.get_running_loop()
@@ -287,22 +321,36 @@ async def _subscribe_and_print(args: argparse.Namespace) -> int:
         logger.info("connected to %s", client.url)
         client_states = loop.create_task(_log_states(client))
         unhandled = loop.create_task(_log_unhandled(client))
-        messages: asyncio.Queue[Message | None] = asyncio.Queue(maxsize=1)
+        messages: asyncio.Queue[Message | PresenceEvent | None] = asyncio.Queue(maxsize=1)
         readers: list[asyncio.Task[None]] = []
+        events: list[asyncio.Task[None]] = []
         try:
             for topic in args.topics:
-                subscription = await client.subscribe(topic)
+                subscription = await client.subscribe(topic, join_leave=args.join_leave)
                 logger.info("subscribed to %s", subscription.pattern)
                 readers.append(loop.create_task(_forward(subscription, messages)))
+                if args.join_leave:
+                    events.append(loop.create_task(_forward_events(subscription, messages)))
             await _print_messages(args, client, messages, len(readers))
             return 0
         finally:
-            for task in [*readers, client_states, unhandled]:
+            tasks = [*readers, *events, client_states, unhandled]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(*readers, client_states, unhandled, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _forward(subscription: Subscription, messages: asyncio.Queue[Message | None]) -> None:
+async def _forward_events(
+    subscription: Subscription, messages: asyncio.Queue[Message | PresenceEvent | None]
+) -> None:
+    """Put the subscription's presence events into the shared queue, until it ends."""
+    async for event in subscription.presence_events():
+        await messages.put(event)
+
+
+async def _forward(
+    subscription: Subscription, messages: asyncio.Queue[Message | PresenceEvent | None]
+) -> None:
     """Put the subscription's messages into the shared queue; None when it has ended."""
     while True:
         try:
@@ -319,7 +367,7 @@ async def _forward(subscription: Subscription, messages: asyncio.Queue[Message |
 async def _print_messages(
     args: argparse.Namespace,
     client: Client,
-    messages: asyncio.Queue[Message | None],
+    messages: asyncio.Queue[Message | PresenceEvent | None],
     readers: int,
 ) -> None:
     printed = 0
@@ -331,6 +379,19 @@ async def _print_messages(
                 raise HubError(
                     f"the connection closed ({client.close_code}) and cannot be reopened"
                 )
+            continue
+        if isinstance(message, PresenceEvent):
+            _write(
+                {
+                    "op": message.kind,
+                    "topic": message.topic,
+                    "sub": message.sub,
+                    "client": message.client,
+                    "user": message.user,
+                    "info": message.info,
+                    "replaces": message.replaces,
+                }
+            )
             continue
         _write(
             {
@@ -405,6 +466,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_sub(args))
         if args.command == "pub":
             return asyncio.run(_pub(args, data))
+        if args.command == "presence":
+            return asyncio.run(_presence(args))
         return asyncio.run(_history(args))
     except KeyboardInterrupt:
         return 130

@@ -3,9 +3,11 @@
 Theory of operation
 -------------------
 One **reader task** reads every frame. A reply (``ok``/``error``) resolves the request that
-waits for its ``id``; a ``msg`` goes to the buffer of the subscription named by its ``sub``;
-anything else (and replies to requests sent with :meth:`Client.send`) goes to a bounded queue
-that :meth:`Client.recv` reads. A subscription is registered before its ``sub`` is sent and
+waits for its ``id``; a ``msg`` goes to the buffer of the subscription named by its ``sub``,
+and a presence event (``join``/``leave``) to that subscription's buffer of events if it asked
+for them (``join_leave``); anything else (and replies to requests sent with
+:meth:`Client.send`, frames for subscriptions the client does not hold) goes to a bounded
+queue that :meth:`Client.recv` reads. A subscription is registered before its ``sub`` is sent and
 its ``ok`` is applied by the reader itself, before the next frame: the replay that follows a
 recovering ``ok`` can never overtake it.
 
@@ -27,7 +29,8 @@ import inspect
 import itertools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
@@ -43,7 +46,14 @@ from hub.protocol import WebSocketClientProtocol
 from hub.protocol import connect as ws_connect
 from hub.wire.codecs import CODECS, Codec
 from hub_client.reconnect import Backoff, reconnects
-from hub_client.subscription import Callback, Message, Subscription
+from hub_client.subscription import (
+    Callback,
+    Message,
+    PresenceCallback,
+    PresenceEvent,
+    PresenceMember,
+    Subscription,
+)
 
 __all__ = ["Client", "ConnectionState", "HistoryPage", "connect"]
 
@@ -266,6 +276,15 @@ class Client:
                 subscription.arrived()
                 subscription.undeliverable(message)
                 return
+        elif op in ("join", "leave"):
+            subscription = self._subscriptions.get(str(message.get("sub")))
+            if subscription is not None and subscription.active and subscription.join_leave:
+                event = _presence_event(message)
+                if event is None:
+                    self.logger.error("dropped a malformed presence event: %.200r", message)
+                else:
+                    subscription.add_presence(event)
+                return
         elif op in ("ok", "error"):
             id_ = message.get("id")
             pending = self._pending.pop(id_, None) if type(id_) is int else None
@@ -472,11 +491,27 @@ class Client:
         reply = await self.request("refresh", timeout=timeout, token=token)
         return reply.get("expires")
 
-    async def presence(self, topic: str, *, timeout: float | None = None) -> list[Any]:
-        """The clients present on ``topic`` (when the hub offers presence)."""
+    async def presence(self, topic: str, *, timeout: float | None = None) -> list[PresenceMember]:
+        """The clients present on the concrete ``topic`` now (those whose leave is pending in
+        the hub's grace period included). Raises Unavailable when the topic has no presence
+        (the hub's ``presence_topics``), Forbidden when the token may not read it.
+
+        Presence events are not replayed after a reconnect: a list kept up to date with a
+        subscription's events (``join_leave=True``) should be fetched again once the client is
+        CONNECTED again (``on_state=`` or :meth:`states`)."""
         reply = await self.request("presence", timeout=timeout, topic=topic)
-        clients: list[Any] = reply.get("clients", [])
-        return clients
+        clients = reply.get("clients")
+        if not isinstance(clients, list):
+            self.logger.error("a presence reply without a list of clients: %.200r", reply)
+            return []
+        members = []
+        for entry in clients:
+            member = _member(entry)
+            if member is None:
+                self.logger.error("dropped a malformed member of a presence reply: %.200r", entry)
+            else:
+                members.append(member)
+        return members
 
     # --- subscriptions ------------------------------------------------------------------------
 
@@ -487,32 +522,44 @@ class Client:
         callback: Callback | None = None,
         max_messages: int | None = None,
         timeout: float | None = None,
+        join_leave: bool = False,
+        on_presence: PresenceCallback | None = None,
     ) -> _Subscribing:
         """``sub = await client.subscribe("chat.*")`` or ``async with client.subscribe(...) as
-        sub:``; with ``callback``, messages go to it instead of the iterator."""
-        return _Subscribing(self, pattern, callback, max_messages or self.max_messages, timeout)
+        sub:``; with ``callback``, messages go to it instead of the iterator. With
+        ``join_leave=True`` the subscription also gets the presence events of its topics
+        (:meth:`Subscription.presence_events`), or ``on_presence`` gets them."""
+        if on_presence is not None and not join_leave:
+            raise UsageError("on_presence needs join_leave=True")
+        return _Subscribing(
+            self,
+            pattern,
+            _Options(callback, max_messages or self.max_messages, timeout, join_leave, on_presence),
+        )
 
-    async def _subscribe(
-        self, pattern: str, callback: Callback | None, max_messages: int, timeout: float | None
-    ) -> Subscription:
+    async def _subscribe(self, pattern: str, options: _Options) -> Subscription:
         if pattern in self._subscriptions:
             raise UsageError(f"already subscribed to {pattern!r}")
-        subscription = Subscription(self, pattern, max_messages)
+        subscription = Subscription(self, pattern, options.max_messages, options.join_leave)
         self._subscriptions[pattern] = subscription
         try:
-            await self._sub(subscription, recover=False, timeout=timeout)
+            await self._sub(subscription, recover=False, timeout=options.timeout)
         except BaseException:
             if self._subscriptions.get(pattern) is subscription:
                 del self._subscriptions[pattern]
             raise
-        if callback is not None:
-            subscription.on_message(callback)
+        if options.callback is not None:
+            subscription.on_message(options.callback)
+        if options.on_presence is not None:
+            subscription.on_presence(options.on_presence)
         return subscription
 
     async def _sub(
         self, subscription: Subscription, *, recover: bool, timeout: float | None = None
     ) -> None:
         fields: dict[str, Any] = {"topic": subscription.pattern}
+        if subscription.join_leave:
+            fields["join_leave"] = True
         concrete = "*" not in subscription.pattern and ">" not in subscription.pattern
         if recover:
             if concrete and subscription.pattern in subscription.positions:
@@ -566,6 +613,29 @@ def _message(frame: dict[str, Any]) -> Message | None:
     return Message(topic, frame["data"], offset, epoch, sub)
 
 
+def _member(entry: Any) -> PresenceMember | None:
+    """A member of a presence reply, or None if it is not ``{client, user, info?}``."""
+    if not isinstance(entry, dict):
+        return None
+    client, user = entry.get("client"), entry.get("user")
+    if not isinstance(client, str) or not (user is None or isinstance(user, str)):
+        return None
+    return PresenceMember(client, user, entry.get("info"))
+
+
+def _presence_event(frame: dict[str, Any]) -> PresenceEvent | None:
+    """A join or leave frame as a PresenceEvent, or None if a field is missing or of the
+    wrong type."""
+    kind: Literal["join", "leave"] = "join" if frame.get("op") == "join" else "leave"
+    topic, sub, replaces = frame.get("topic"), frame.get("sub"), frame.get("replaces")
+    member = _member(frame)
+    if member is None or not (isinstance(topic, str) and isinstance(sub, str)):
+        return None
+    if not (replaces is None or isinstance(replaces, str)):
+        return None
+    return PresenceEvent(kind, topic, sub, member.client, member.user, member.info, replaces)
+
+
 def _header_items(headers: Any) -> Iterable[tuple[str, str]]:
     if headers is None:
         return []
@@ -573,23 +643,27 @@ def _header_items(headers: Any) -> Iterable[tuple[str, str]]:
     return [(str(name), str(value)) for name, value in items]
 
 
+@dataclass(frozen=True, slots=True)
+class _Options:
+    """The options of one :meth:`Client.subscribe` call."""
+
+    callback: Callback | None
+    max_messages: int
+    timeout: float | None
+    join_leave: bool
+    on_presence: PresenceCallback | None
+
+
 class _Subscribing:
     """What :meth:`Client.subscribe` returns: await it, or use it with ``async with``."""
 
-    def __init__(
-        self,
-        client: Client,
-        pattern: str,
-        callback: Callback | None,
-        max_messages: int,
-        timeout: float | None,
-    ) -> None:
-        self._call = (client, pattern, callback, max_messages, timeout)
+    def __init__(self, client: Client, pattern: str, options: _Options) -> None:
+        self._call = (client, pattern, options)
         self._subscription: Subscription | None = None
 
     async def _make(self) -> Subscription:
-        client, pattern, callback, max_messages, timeout = self._call
-        self._subscription = await client._subscribe(pattern, callback, max_messages, timeout)
+        client, pattern, options = self._call
+        self._subscription = await client._subscribe(pattern, options)
         return self._subscription
 
     def __await__(self) -> Generator[Any, None, Subscription]:

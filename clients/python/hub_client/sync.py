@@ -20,8 +20,8 @@ raises, with its type (``RequestError`` subclasses with their ``code``, ``Reques
 Code that runs *on* the client's loop thread (the ``on_state`` callback) must not call the
 blocking methods: they would wait for the very thread that runs them, so they raise
 :class:`~hub.exceptions.UsageError` instead (except :meth:`SyncClient.close`, which then only
-starts the closing). Message callbacks given to :meth:`SyncClient.subscribe` run in a worker
-thread, one message after the other, and may call the client.
+starts the closing). Message and presence callbacks given to :meth:`SyncClient.subscribe` run
+in worker threads, one message (one event) after the other, and may call the client.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from pydantic import BaseModel
 from hub.exceptions import Disconnected, UsageError
 from hub_client.client import Client, ConnectionState, HistoryPage
 from hub_client.client import connect as async_connect
-from hub_client.subscription import Message, Subscription
+from hub_client.subscription import Message, PresenceEvent, PresenceMember, Subscription
 
 __all__ = ["SyncClient", "SyncSubscription", "connect"]
 
@@ -48,6 +48,9 @@ T = TypeVar("T")
 
 #: A message callback of the synchronous facade: a plain function, run in a worker thread.
 SyncCallback = Callable[[Message], object]
+
+#: A presence callback of the synchronous facade: a plain function, run in a worker thread.
+SyncPresenceCallback = Callable[[PresenceEvent], object]
 
 _END = object()  # what a get() task returns when the subscription has ended
 
@@ -268,8 +271,9 @@ class SyncClient:
         """A new token for the connection; returns its expiry (see Client.refresh)."""
         return self._call(self._client.refresh(token, timeout=timeout))
 
-    def presence(self, topic: str, *, timeout: float | None = None) -> list[Any]:
-        """The clients present on ``topic`` (when the hub offers presence)."""
+    def presence(self, topic: str, *, timeout: float | None = None) -> list[PresenceMember]:
+        """The clients present on ``topic`` (see :meth:`Client.presence`: ask again after a
+        reconnect, events are not replayed)."""
         return self._call(self._client.presence(topic, timeout=timeout))
 
     # --- subscriptions ------------------------------------------------------------------------
@@ -281,18 +285,34 @@ class SyncClient:
         callback: SyncCallback | None = None,
         max_messages: int | None = None,
         timeout: float | None = None,
+        join_leave: bool = False,
+        on_presence: SyncPresenceCallback | None = None,
     ) -> SyncSubscription:
         """Subscribe to ``pattern``; iterate the result, or give ``callback``: it is called
-        with every message, one after the other, in a worker thread (its errors are logged)."""
-        async_callback = None if callback is None else self._in_worker(callback)
+        with every message, one after the other, in a worker thread (its errors are logged).
+        With ``join_leave=True`` the subscription also gets presence events
+        (:meth:`SyncSubscription.presence_events`), or ``on_presence`` gets them, in a worker
+        thread like ``callback``."""
+        if on_presence is not None and not join_leave:
+            raise UsageError("on_presence needs join_leave=True")
         subscription = self._call(
-            _subscribe(self._client, pattern, async_callback, max_messages, timeout)
+            _subscribe(
+                self._client,
+                pattern,
+                None if callback is None else self._in_worker(callback),
+                max_messages,
+                timeout,
+                join_leave,
+                None if on_presence is None else self._in_worker(on_presence),
+            )
         )
         return SyncSubscription(self, subscription)
 
-    def _in_worker(self, callback: SyncCallback) -> Callable[[Message], Coroutine[Any, Any, None]]:
-        async def call(message: Message) -> None:
-            await asyncio.get_running_loop().run_in_executor(self._executor, callback, message)
+    def _in_worker(
+        self, callback: Callable[[T], object]
+    ) -> Callable[[T], Coroutine[Any, Any, None]]:
+        async def call(item: T) -> None:
+            await asyncio.get_running_loop().run_in_executor(self._executor, callback, item)
 
         return call
 
@@ -301,15 +321,14 @@ class SyncSubscription:
     """A subscription of a :class:`SyncClient`: ``for message in subscription:`` blocks for
     each message and ends when the subscription ends (unsubscribed, or the client closed).
     Like the asynchronous iterator, it raises :class:`~hub.exceptions.NotRecovered` once after
-    a gap the hub could not replay; iterate again to go on with live messages."""
+    a gap the hub could not replay; iterate again to go on with live messages. With
+    ``join_leave=True``, :meth:`presence_events` yields its presence events the same way."""
 
     def __init__(self, client: SyncClient, subscription: Subscription) -> None:
         self._client = client
         self._subscription = subscription
-        self._lock = threading.Lock()
-        #: A get() that is still running on the loop (after a timeout or an interrupt): the
-        #: next get() takes its result, so that no message is lost.
-        self._waiting: concurrent.futures.Future[Message | object] | None = None
+        self._messages = _Taker(client, lambda: _next(subscription), "message")
+        self._events = _Taker(client, lambda: _next_event(subscription), "presence event")
 
     @property
     def subscription(self) -> Subscription:
@@ -325,6 +344,16 @@ class SyncSubscription:
         """False once unsubscribed or closed (buffered messages can still be taken)."""
         return self._subscription.active
 
+    @property
+    def join_leave(self) -> bool:
+        """Whether the subscription gets presence events."""
+        return self._subscription.join_leave
+
+    @property
+    def dropped_presence(self) -> int:
+        """Presence events dropped because ``max_messages`` of them were waiting unread."""
+        return self._subscription.dropped_presence
+
     def pending(self) -> int:
         """Messages buffered and not taken yet."""
         return self._client._call(_pending(self._subscription))
@@ -333,43 +362,7 @@ class SyncSubscription:
         """The next message, waiting up to ``timeout`` seconds (None: for ever). Raises
         TimeoutError when none came in time, NotRecovered once after a gap that could not be
         replayed, and StopIteration once the subscription has ended."""
-        loop = self._client.loop
-        if threading.get_ident() == self._client._thread.ident:
-            raise UsageError("SyncSubscription.get() cannot run on the client's loop thread")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
-            raise TimeoutError(f"no message within {timeout:g} s")
-        try:
-            if self._waiting is None:
-                if loop.is_closed():
-                    raise StopIteration
-                try:
-                    self._waiting = asyncio.run_coroutine_threadsafe(
-                        _next(self._subscription), loop
-                    )
-                except RuntimeError:  # the loop closed meanwhile
-                    raise StopIteration from None
-            waiting = self._waiting
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                item = waiting.result(remaining)
-            except concurrent.futures.CancelledError:  # the client's loop ended
-                self._waiting = None
-                raise StopIteration from None
-            except BaseException as exc:
-                if waiting.done():
-                    self._waiting = None  # NotRecovered, or another error of the get itself
-                    raise
-                # No message in time, or an interrupt: the get goes on, and the next call
-                # takes its result, so that no message is lost.
-                if isinstance(exc, TimeoutError):
-                    raise TimeoutError(f"no message within {timeout:g} s") from None
-                raise
-            self._waiting = None
-        finally:
-            self._lock.release()
-        if item is _END:
-            raise StopIteration
+        item = self._messages.take("SyncSubscription.get()", timeout)
         assert isinstance(item, Message)
         return item
 
@@ -378,6 +371,33 @@ class SyncSubscription:
 
     def __next__(self) -> Message:
         return self.get()
+
+    def presence_event(self, timeout: float | None = None) -> PresenceEvent:
+        """The next presence event (``join_leave=True`` only), waiting up to ``timeout``
+        seconds (None: for ever). Raises TimeoutError when none came in time (one that comes
+        later is not lost), and StopIteration once the subscription has ended."""
+        self._subscription._need_join_leave()
+        item = self._events.take("SyncSubscription.presence_event()", timeout)
+        assert isinstance(item, PresenceEvent)
+        return item
+
+    def presence_events(self) -> Iterator[PresenceEvent]:
+        """``for event in subscription.presence_events():`` every presence event, until the
+        subscription ends (``join_leave=True`` only)."""
+        self._subscription._need_join_leave()
+        return self._presence_events()
+
+    def _presence_events(self) -> Iterator[PresenceEvent]:
+        while True:
+            try:
+                event = self.presence_event()
+            except StopIteration:
+                return
+            yield event
+
+    def pending_presence(self) -> int:
+        """Presence events buffered and not taken yet."""
+        return self._client._call(_pending_presence(self._subscription))
 
     def unsubscribe(self) -> None:
         """End the subscription: iteration stops after the messages already buffered."""
@@ -391,6 +411,65 @@ class SyncSubscription:
     def __exit__(self, *exc_info: object) -> None:
         if self._subscription.active:
             self.unsubscribe()
+
+
+class _Taker:
+    """Takes the items of one of a subscription's buffers from any thread, one at a time.
+
+    ``take`` runs a coroutine on the client's loop that returns the next item (or _END). When
+    the caller stops waiting (a timeout, an interrupt), the coroutine goes on, and the next
+    call takes its result: no item is lost."""
+
+    def __init__(
+        self, client: SyncClient, next_item: Callable[[], Coroutine[Any, Any, object]], what: str
+    ) -> None:
+        self._client = client
+        self._next_item = next_item
+        self._what = what
+        self._lock = threading.Lock()
+        #: A take that is still running on the loop (after a timeout or an interrupt).
+        self._waiting: concurrent.futures.Future[object] | None = None
+
+    def take(self, method: str, timeout: float | None) -> object:
+        """The next item; StopIteration at the end, TimeoutError after ``timeout``."""
+        loop = self._client.loop
+        if threading.get_ident() == self._client._thread.ident:
+            raise UsageError(f"{method} cannot run on the client's loop thread")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(f"no {self._what} within {timeout:g} s")
+        try:
+            if self._waiting is None:
+                if loop.is_closed():
+                    raise StopIteration
+                next_item = self._next_item()
+                try:
+                    self._waiting = asyncio.run_coroutine_threadsafe(next_item, loop)
+                except RuntimeError:  # the loop closed meanwhile
+                    next_item.close()
+                    raise StopIteration from None
+            waiting = self._waiting
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                item = waiting.result(remaining)
+            except concurrent.futures.CancelledError:  # the client's loop ended
+                self._waiting = None
+                raise StopIteration from None
+            except BaseException as exc:
+                if waiting.done():
+                    self._waiting = None  # NotRecovered, or another error of the get itself
+                    raise
+                # Nothing in time, or an interrupt: the get goes on, and the next call takes
+                # its result, so that nothing is lost.
+                if isinstance(exc, TimeoutError):
+                    raise TimeoutError(f"no {self._what} within {timeout:g} s") from None
+                raise
+            self._waiting = None
+        finally:
+            self._lock.release()
+        if item is _END:
+            raise StopIteration
+        return item
 
 
 # --- coroutines run on the loop thread ------------------------------------------------------------
@@ -432,9 +511,16 @@ async def _subscribe(
     callback: Callable[[Message], Coroutine[Any, Any, None]] | None,
     max_messages: int | None,
     request_timeout: float | None,
+    join_leave: bool,
+    on_presence: Callable[[PresenceEvent], Coroutine[Any, Any, None]] | None,
 ) -> Subscription:
     return await client.subscribe(
-        pattern, callback=callback, max_messages=max_messages, timeout=request_timeout
+        pattern,
+        callback=callback,
+        max_messages=max_messages,
+        timeout=request_timeout,
+        join_leave=join_leave,
+        on_presence=on_presence,
     )
 
 
@@ -446,5 +532,17 @@ async def _next(subscription: Subscription) -> Message | object:
         return _END
 
 
+async def _next_event(subscription: Subscription) -> PresenceEvent | object:
+    """The next presence event, or _END."""
+    try:
+        return await subscription.presence_event()
+    except StopAsyncIteration:
+        return _END
+
+
 async def _pending(subscription: Subscription) -> int:
     return subscription.pending()
+
+
+async def _pending_presence(subscription: Subscription) -> int:
+    return subscription.pending_presence()
