@@ -309,7 +309,17 @@ class Session:
         if not presence.enabled(request.topic):
             raise Unavailable(f"{request.topic} has no presence (see the presence_topics setting)")
         members = await presence.members(request.topic)
-        self._encoded_ok(request, clients=[member.fields() for member in members])
+        self._encoded_ok(request, clients=[self._encodable(member) for member in members])
+
+    def _encodable(self, member: Member) -> dict[str, Any]:
+        """The member's fields, without an ``info`` this codec cannot hold (a 70-bit integer
+        for msgpack), as the events leave it out too."""
+        fields = member.fields()
+        try:
+            self.codec.encode(fields)
+        except (OverflowError, TypeError, ValueError):
+            fields.pop("info", None)
+        return fields
 
     def _encoded_ok(self, request: History | Presence, **fields: Any) -> None:
         """The ok with these fields, or unavailable if the codec cannot hold them (binary
