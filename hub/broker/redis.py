@@ -69,6 +69,7 @@ from hub.broker.recovery import replay_after, replay_since
 from hub.broker.redis_scripts import HISTORY, POSITIONS, PUBLISH
 from hub.broker.registry import Registry
 from hub.broker.retention import NO_HISTORY, Retention
+from hub.broker.tasks import stop
 from hub.broker.topics import SINGLE, TAIL, is_pattern, matches
 from hub.exceptions import InternalError, RequestError, Unavailable, UsageError
 
@@ -232,6 +233,7 @@ class RedisBackend(Backend):
         #: Receives the presence events (``P ...``) that arrive on a subscribed topic's
         #: channel, with the topic (:mod:`hub.broker.redis_presence`).
         self.on_presence: Callable[[str, bytes], None] | None = None
+        self._last_presence = b""
 
     # --- state ------------------------------------------------------------------------------------
 
@@ -295,13 +297,7 @@ class RedisBackend(Backend):
         self._state = "closed"
         reader, self._reader = self._reader, None
         if reader is not None:
-            reader.cancel()
-            try:
-                await reader
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await stop(reader)
         await self._release()
 
     async def _release(self) -> None:
@@ -655,23 +651,22 @@ class RedisBackend(Backend):
     def _dispatch(self, response: Any) -> None:
         kind = response[0]
         if kind == b"message":
-            self._receive(response[1], response[2], (False, response[1]))
+            self._receive(response[1], response[2])
         elif kind == b"pmessage":
-            self._receive(response[2], response[3], (True, response[1]))
+            self._receive(response[2], response[3])
         elif (target := _confirmation(response)) is not None:
             waiter = self._confirmations.pop(target, None)
             if waiter is not None and not waiter.done():
                 waiter.set_result(True)
         # Unsubscribe confirmations and PING answers need nothing.
 
-    def _receive(self, channel: bytes, data: bytes, target: _Target) -> None:
-        """A message that arrived through ``target`` (a topic's channel or a glob)."""
+    def _receive(self, channel: bytes, data: bytes) -> None:
         try:
             topic = channel[len(self._channel_head) :].decode()
             if next(self._patterns.match(topic), None) is None:
                 return  # not subscribed (any more), or a glob wider than the pattern
             if data[:2] == b"P ":
-                self._receive_presence(topic, data, target)
+                self._receive_presence(topic, data)
                 return
             offset_text, epoch_bytes, time_text, payload = data.split(b" ", 3)
             offset = int(offset_text)
@@ -693,11 +688,15 @@ class RedisBackend(Backend):
         self._clock = time_ms
         self._deliver(Publication(topic, payload, offset, epoch, time_ms))
 
-    def _receive_presence(self, topic: str, data: bytes, target: _Target) -> None:
-        """A presence event arrives once per Redis subscription that matches the topic, and
-        has no offset to tell copies apart: only the copy through the first of them counts."""
-        first = min(self._target(pattern) for pattern, _ in self._patterns.match(topic))
-        if target == first and self.on_presence is not None:
+    def _receive_presence(self, topic: str, data: bytes) -> None:
+        """A presence event (``P <id> ...``) arrives once per Redis subscription that matches
+        the topic, and the copies of one PUBLISH arrive one after the other: a copy has the
+        id of the event just before it."""
+        event_id = data.split(b" ", 2)[1]
+        if event_id == self._last_presence:
+            return
+        self._last_presence = event_id
+        if self.on_presence is not None:
             try:
                 self.on_presence(topic, data)
             except Exception:

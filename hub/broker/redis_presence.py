@@ -27,10 +27,10 @@ that expired in the meantime, with a join. ``members`` fails with Unavailable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
+import secrets
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -42,6 +42,7 @@ from hub.broker.redis_scripts import (
     PRESENCE_LEAVE,
     PRESENCE_SWEEP,
 )
+from hub.broker.tasks import stop
 from hub.exceptions import RequestError, UsageError
 
 __all__ = ["RedisPresence"]
@@ -82,12 +83,14 @@ class RedisPresence(Presence):
         self._prefix = prefix
         self._expiry_key = f"{prefix}:presence"
         #: This node's present clients (not those in their grace period): the heartbeat's list.
-        self._local: dict[_Key, Member] = {}
+        #: Each with its entry, encoded once (a heartbeat sends them all).
+        self._local: dict[_Key, str] = {}
         #: Changes not written yet, oldest first: only the latest per client and topic.
         self._pending: dict[_Key, tuple[Literal["join", "leave"], Member]] = {}
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._failing = False
+        self._closing = False
         backend.on_presence = self._receive
 
     async def start(self) -> None:
@@ -105,28 +108,30 @@ class RedisPresence(Presence):
         writer, self._writer = self._writer, None
         if writer is None:
             return
-        writer.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await writer
-        if self._pending:
-            try:
-                await self._flush()
-            except RequestError as exc:
-                logger.warning(
-                    "presence: %d changes not written at close: %s", len(self._pending), exc
-                )
+        # The writer's last round, not a cancellation in the middle of a write: a write cut
+        # off before its reply would be written again, and its leaves sent twice.
+        self._closing = True
+        self._wake.set()
+        await asyncio.wait({writer}, timeout=self.backend.command_timeout + self.tick)
+        await stop(writer)
 
     # --- the node's changes -------------------------------------------------------------------
 
     def join(self, topic: str, member: Member) -> None:
         key = (topic, member.client)
-        self._local[key] = member
+        self._local[key] = _entry(member)
         self._change(key, "join", member)
 
     def leave(self, topic: str, member: Member) -> None:
         key = (topic, member.client)
-        if self._local.pop(key, None) is not None:
-            self._change(key, "leave", member)
+        if self._local.pop(key, None) is None:
+            return
+        if self._pending.get(key, ("leave",))[0] == "join":
+            # Never written, so nobody saw it join (or, after a failed write, its entry
+            # expires and is swept with a leave).
+            del self._pending[key]
+            return
+        self._change(key, "leave", member)
 
     def _change(self, key: _Key, kind: Literal["join", "leave"], member: Member) -> None:
         self._pending.pop(key, None)  # the latest change goes last: order is kept
@@ -146,12 +151,21 @@ class RedisPresence(Presence):
         next_heartbeat = loop.time() + self.ttl / 3
         next_sweep = loop.time()
         while True:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(max(0.0, min(next_heartbeat, next_sweep) - loop.time())):
+            if not self._closing:
+                # A timer rather than asyncio.timeout, which can swallow close()'s
+                # cancellation (hub.broker.tasks).
+                alarm = loop.call_at(min(next_heartbeat, next_sweep), self._wake.set)
+                try:
                     await self._wake.wait()
-            self._wake.clear()
+                finally:
+                    alarm.cancel()
+                self._wake.clear()
             try:
                 await self._flush()
+                if self._closing:
+                    if self._pending:
+                        continue  # left while that write was on its way
+                    return
                 if loop.time() >= next_heartbeat:
                     await self._heartbeat()
                     next_heartbeat = loop.time() + self.ttl / 3
@@ -162,6 +176,10 @@ class RedisPresence(Presence):
                     self._failing = False
                     logger.info("presence: writing to redis again")
             except RequestError as exc:
+                if self._closing:
+                    lost = len(self._pending)
+                    logger.warning("presence: %d changes not written at close: %s", lost, exc)
+                    return
                 if not self._failing:
                     self._failing = True
                     logger.warning("presence: cannot write to redis (%s); retrying", exc)
@@ -188,13 +206,14 @@ class RedisPresence(Presence):
                     ]
                     user = member.user or ""
                     channel = channel_head + topic
+                    entry, event_id = _entry(member), secrets.token_hex(8)
                     if kind == "join":
                         ttl_ms = int(self.ttl * 1000)
-                        args: list[Any] = [topic, client_id, user, _entry(member), ttl_ms, channel]
-                        await self._join(keys=keys, args=args, client=pipeline)
+                        args: list[Any] = [topic, client_id, user, entry, ttl_ms, channel]
+                        await self._join(keys=keys, args=[*args, event_id], client=pipeline)
                     else:
                         grace_ms = int(self.grace * 1000)
-                        args = [topic, client_id, user, grace_ms, channel]
+                        args = [topic, client_id, user, grace_ms, channel, entry, event_id]
                         await self._leave(keys=keys, args=args, client=pipeline)
                 await self.backend.command(pipeline.execute)
         except BaseException:
@@ -209,9 +228,9 @@ class RedisPresence(Presence):
         ttl_ms = int(self.ttl * 1000)
         entries = list(self._local.items())
         for start in range(0, len(entries), _BATCH):
-            args: list[Any] = [self._prefix, ttl_ms]
-            for (topic, client_id), member in entries[start : start + _BATCH]:
-                args += [topic, client_id, _entry(member)]
+            args: list[Any] = [self._prefix, ttl_ms, secrets.token_hex(8)]
+            for (topic, client_id), entry in entries[start : start + _BATCH]:
+                args += [topic, client_id, entry]
             call = functools.partial(self._heartbeat_script, keys=[self._expiry_key], args=args)
             await self.backend.command(call)
 
@@ -219,7 +238,9 @@ class RedisPresence(Presence):
         script = self._sweep_script
         while True:
             swept = await self.backend.command(
-                lambda: script(keys=[self._expiry_key], args=[self._prefix, _BATCH])
+                lambda: script(
+                    keys=[self._expiry_key], args=[self._prefix, _BATCH, secrets.token_hex(8)]
+                )
             )
             if int(swept) < _BATCH:
                 return
@@ -227,9 +248,10 @@ class RedisPresence(Presence):
     # --- events from the backend's reader -----------------------------------------------------
 
     def _receive(self, topic: str, data: bytes) -> None:
-        """``P <join|leave> <replaced client or -> <entry>``, as the scripts publish them."""
+        """``P <id> <join|leave> <replaced client or -> <entry>``, as the scripts publish
+        them (the backend dropped the copies of an event already)."""
         try:
-            _, kind, replaces, entry = data.split(b" ", 3)
+            _, _, kind, replaces, entry = data.split(b" ", 4)
             member = _member(entry)
             if member is None or kind not in (b"join", b"leave"):
                 raise ValueError(kind)

@@ -11,7 +11,9 @@ clients' entries (JSON, by client id); ``{prefix}:pl:{topic}``, a hash from a us
 last client of that user whose leave is pending; ``{prefix}:presence``, a sorted set of
 ``"<topic> <client>"`` scored by when the entry expires (ms): the end of its grace period, or
 of its node's last heartbeat plus the ttl. Presence events go out on the topic's channel as
-``P join <replaced client or -> <entry>`` and ``P leave - <entry>``.
+``P <id> join <replaced client or -> <entry>`` and ``P <id> leave - <entry>``, where ``<id>``
+is unique per event: a node that gets an event twice (through a topic's channel and a glob,
+or two globs) tells the copies apart by it.
 """
 
 from __future__ import annotations
@@ -115,8 +117,9 @@ return {position[1], position[2] or 0, oldest, entries}
 )
 
 #: KEYS: the topic's entries, pending leaves and the expiry set. ARGV: topic, client, user (""
-#: when anonymous), entry, ttl (ms), channel. A pending leave of the same user's last client is
-#: dropped: the join names that client instead of a leave going out. Returns 1 if it joined.
+#: when anonymous), entry, ttl (ms), channel, event id. A pending leave of the same user's last
+#: client is dropped: the join names that client instead of a leave going out. Returns 1 if it
+#: joined.
 PRESENCE_JOIN = (
     NOW
     + """
@@ -135,20 +138,22 @@ end
 local added = redis.call('ZADD', KEYS[3], now + ARGV[5], ARGV[1] .. ' ' .. ARGV[2])
 redis.call('HSET', KEYS[1], ARGV[2], ARGV[4])
 if added == 1 or replaces ~= '-' then
-    redis.call('PUBLISH', ARGV[6], 'P join ' .. replaces .. ' ' .. ARGV[4])
+    redis.call('PUBLISH', ARGV[6], 'P ' .. ARGV[7] .. ' join ' .. replaces .. ' ' .. ARGV[4])
 end
 return added
 """
 )
 
-#: KEYS: as PRESENCE_JOIN. ARGV: topic, client, user ("" when anonymous), grace (ms), channel.
-#: With a user and a grace period the entry stays until the grace period ends (the sweep
-#: then sends the leave); otherwise the leave goes out now.
+#: KEYS: as PRESENCE_JOIN. ARGV: topic, client, user ("" when anonymous), grace (ms), channel,
+#: entry, event id. With a user and a grace period the entry stays until the grace period ends
+#: (the sweep then sends the leave); otherwise the leave goes out now. Without an entry (Redis
+#: lost it) the leave goes out now too: a leave twice is harmless, a leave never is not.
 PRESENCE_LEAVE = (
     NOW
     + """
 local entry = redis.call('HGET', KEYS[1], ARGV[2])
 if not entry then
+    redis.call('PUBLISH', ARGV[5], 'P ' .. ARGV[7] .. ' leave - ' .. ARGV[6])
     return 0
 end
 local member = ARGV[1] .. ' ' .. ARGV[2]
@@ -159,19 +164,20 @@ if ARGV[3] ~= '' and tonumber(ARGV[4]) > 0 then
 end
 redis.call('HDEL', KEYS[1], ARGV[2])
 redis.call('ZREM', KEYS[3], member)
-redis.call('PUBLISH', ARGV[5], 'P leave - ' .. entry)
+redis.call('PUBLISH', ARGV[5], 'P ' .. ARGV[7] .. ' leave - ' .. entry)
 return 1
 """
 )
 
-#: KEYS: the expiry set. ARGV: key prefix, most entries to expire. Removes the expired entries
-#: (grace periods over, nodes that stopped their heartbeat) and sends their leaves; atomic, so
-#: that of the nodes that sweep, exactly one sends each leave. Returns how many expired.
+#: KEYS: the expiry set. ARGV: key prefix, most entries to expire, event id prefix. Removes the
+#: expired entries (grace periods over, nodes that stopped their heartbeat) and sends their
+#: leaves; atomic, so that of the nodes that sweep, exactly one sends each leave. Returns how
+#: many expired.
 PRESENCE_SWEEP = (
     NOW
     + """
 local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, ARGV[2])
-for _, member in ipairs(expired) do
+for i, member in ipairs(expired) do
     redis.call('ZREM', KEYS[1], member)
     local space = string.find(member, ' ', 1, true)
     local topic = string.sub(member, 1, space - 1)
@@ -187,25 +193,28 @@ for _, member in ipairs(expired) do
                 redis.call('HDEL', leaving, fields['user'])
             end
         end
-        redis.call('PUBLISH', ARGV[1] .. ':t:' .. topic, 'P leave - ' .. entry)
+        local event = 'P ' .. ARGV[3] .. '.' .. i .. ' leave - ' .. entry
+        redis.call('PUBLISH', ARGV[1] .. ':t:' .. topic, event)
     end
 end
 return #expired
 """
 )
 
-#: KEYS: the expiry set. ARGV: key prefix, ttl (ms), then (topic, client, entry) per entry of
-#: the node. Extends each entry's life; one that is gone (expired while the node could not
-#: reach Redis, or Redis lost it) is written again and joins again. Returns how many rejoined.
+#: KEYS: the expiry set. ARGV: key prefix, ttl (ms), event id prefix, then (topic, client,
+#: entry) per entry of the node. Extends each entry's life; one that is gone (expired while the
+#: node could not reach Redis, or Redis lost it) is written again and joins again. Returns how
+#: many rejoined.
 PRESENCE_HEARTBEAT = (
     NOW
     + """
 local joined = 0
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
     local topic, client, entry = ARGV[i], ARGV[i + 1], ARGV[i + 2]
     if redis.call('ZADD', KEYS[1], now + ARGV[2], topic .. ' ' .. client) == 1 then
         redis.call('HSET', ARGV[1] .. ':pm:' .. topic, client, entry)
-        redis.call('PUBLISH', ARGV[1] .. ':t:' .. topic, 'P join - ' .. entry)
+        local event = 'P ' .. ARGV[3] .. '.' .. i .. ' join - ' .. entry
+        redis.call('PUBLISH', ARGV[1] .. ':t:' .. topic, event)
         joined = joined + 1
     end
 end

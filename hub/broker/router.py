@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-from collections.abc import Callable, Container, Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,10 +39,6 @@ class Subscriber(Hashable, Protocol):
     that its subscription can no longer be served without a gap."""
 
     codec: Codec
-
-    @property
-    def join_leave(self) -> Container[str]:
-        """The patterns it subscribed with ``join_leave``: it gets their presence events."""
 
     def push(self, frame: Any) -> None: ...
 
@@ -81,6 +77,8 @@ class Router:
     def __init__(self, backend_factory: BackendFactory) -> None:
         self.backend = backend_factory(self.deliver, on_gap=self.lost)
         self.registry: Registry[Subscriber] = Registry()
+        #: The subscriptions that asked for presence events (a subset of the registry's).
+        self.watchers: Registry[Subscriber] = Registry()
         # A lock lives while a coroutine holds or awaits it, so idle patterns cost nothing.
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.delivered = 0  # frames pushed to subscribers, for metrics
@@ -108,6 +106,7 @@ class Router:
     async def unsubscribe(self, pattern: str, subscriber: Subscriber) -> None:
         """Remove a local subscription; the last one of a pattern unsubscribes the backend."""
         self.unhold(pattern, subscriber)
+        self.watchers.remove(pattern, subscriber)
         async with self._lock(pattern):
             if self.registry.remove(pattern, subscriber):
                 await self.backend.unsubscribe(pattern)
@@ -183,19 +182,21 @@ class Router:
                 subscriber.push(frame)
             self.delivered += len(subscribers)
 
+    def watch(self, pattern: str, subscriber: Subscriber) -> None:
+        """Send the subscription the presence events of the topics its pattern matches, from
+        now on until it unsubscribes."""
+        self.watchers.add(pattern, subscriber)
+
     def deliver_presence(self, event: PresenceEvent) -> None:
         """Send a presence event to the local subscriptions that asked for them (the
-        presence's callback): ``join`` or ``leave`` with the topic and the member's fields."""
-        message: dict[str, Any] | None = None
-        for pattern, subscribers in self.registry.match(event.topic):
+        presence's callback): ``join`` or ``leave`` with the topic and the member's fields.
+        It costs nothing per subscriber that did not ask."""
+        message: dict[str, Any] = {"op": event.kind, "topic": event.topic, **event.member.fields()}
+        if event.replaces is not None:
+            message["replaces"] = event.replaces
+        for pattern, subscribers in self.watchers.match(event.topic):
             frames: dict[Codec, Any] = {}
             for subscriber in subscribers:
-                if pattern not in subscriber.join_leave:
-                    continue
-                if message is None:
-                    message = {"op": event.kind, "topic": event.topic, **event.member.fields()}
-                    if event.replaces is not None:
-                        message["replaces"] = event.replaces
                 frame = frames.get(subscriber.codec)
                 if frame is None:
                     frame = frames[subscriber.codec] = _prepare_event(

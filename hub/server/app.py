@@ -95,10 +95,9 @@ class LocalSubscription:
 
     codec: Codec = _PythonCodec()
 
-    def __init__(self, hub: Hub, pattern: str, max_messages: int, join_leave: bool) -> None:
+    def __init__(self, hub: Hub, pattern: str, max_messages: int) -> None:
         self.hub = hub
         self.pattern = pattern
-        self.join_leave = frozenset([pattern] if join_leave else [])
         self.dropped = 0
         self._queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(max_messages)
         self._lost: str | None = None  # why the hub lost its place in the pattern's streams
@@ -213,8 +212,10 @@ class Hub:
     ) -> LocalSubscription:
         """Subscribe in-process; with ``join_leave`` the presence events of the topics it
         matches arrive too (``{"op": "join", ...}``, docs/protocol.md)."""
-        subscription = LocalSubscription(self, validate_pattern(pattern), max_messages, join_leave)
+        subscription = LocalSubscription(self, validate_pattern(pattern), max_messages)
         await self.router.subscribe(subscription.pattern, subscription)
+        if join_leave:
+            self.router.watch(subscription.pattern, subscription)
         return subscription
 
     def health(self) -> dict[str, Any]:

@@ -97,8 +97,6 @@ class Session:
         settings = hub.settings
         self.outbox = Outbox(max_messages=settings.outbox_messages, max_bytes=settings.outbox_bytes)
         self.subscriptions: set[str] = set()
-        #: Subscriptions that asked for join/leave events (the router reads it).
-        self.join_leave: set[str] = set()
         #: Topics this client is present on (hub.broker.presence).
         self.present: set[str] = set()
         self.publisher = Publisher(hub.router, self._answer_publish, settings.max_pending_publishes)
@@ -299,7 +297,6 @@ class Session:
             presence.join(topic, self.member)
 
     def _leave(self, pattern: str) -> None:
-        self.join_leave.discard(pattern)
         if pattern in self.present:
             self.present.discard(pattern)
             self.hub.presence.leave(pattern, self.member)
@@ -361,7 +358,7 @@ class Session:
         if pattern in self.subscriptions:
             # Already subscribed: nothing to replay (it would repeat what was delivered).
             if request.join_leave:
-                self.join_leave.add(pattern)
+                self.hub.router.watch(pattern, self)
             backend = self.hub.router.backend
             fields: dict[str, Any] = {"recovered": False}
             if concrete:
@@ -399,7 +396,7 @@ class Session:
             self._ok(request.id, time=plan.time, **fields)
         # Presence events come after the ok.
         if request.join_leave:
-            self.join_leave.add(pattern)
+            router.watch(pattern, self)
         if concrete:
             self._join(pattern)
         try:

@@ -19,7 +19,6 @@ class FakeSession:
         self.codec = codec
         self.frames: list[PreparedMessage] = []
         self.lost_reasons: list[str] = []
-        self.join_leave: set[str] = set()
 
     def push(self, frame: PreparedMessage) -> None:
         self.frames.append(frame)
