@@ -138,14 +138,19 @@ class MemoryPresence(Presence):
         self._timers.clear()
 
     def join(self, topic: str, member: Member) -> None:
+        back = self._timers.pop((topic, member.client), None)
+        if back is not None:
+            back.cancel()  # the same client back (unsub, then sub): it never left
         replaced = self._pending_leave(topic, member.user)
-        if replaced is not None:
+        if replaced is not None and replaced.client == member.client:
+            replaced = None
+        elif replaced is not None:
+            # Another client of the user is leaving: this one takes its place (as in Redis,
+            # even when this one never left).
             self._timers.pop((topic, replaced.client)).cancel()
-            if replaced.client == member.client:
-                return  # the same client back (unsub, then sub): it never left
             self._forget(topic, replaced.client)
         members = self._members.setdefault(topic, {})
-        if member.client in members:
+        if member.client in members and replaced is None:
             return
         members[member.client] = member
         replaces = replaced.client if replaced is not None else None

@@ -106,7 +106,7 @@ class Router:
     async def unsubscribe(self, pattern: str, subscriber: Subscriber) -> None:
         """Remove a local subscription; the last one of a pattern unsubscribes the backend."""
         self.unhold(pattern, subscriber)
-        self.watchers.remove(pattern, subscriber)
+        self.unwatch(pattern, subscriber)
         async with self._lock(pattern):
             if self.registry.remove(pattern, subscriber):
                 await self.backend.unsubscribe(pattern)
@@ -186,6 +186,10 @@ class Router:
         """Send the subscription the presence events of the topics its pattern matches, from
         now on until it unsubscribes."""
         self.watchers.add(pattern, subscriber)
+
+    def unwatch(self, pattern: str, subscriber: Subscriber) -> None:
+        """No more presence events for the subscription (its unsubscribe does it too)."""
+        self.watchers.remove(pattern, subscriber)
 
     def deliver_presence(self, event: PresenceEvent) -> None:
         """Send a presence event to the local subscriptions that asked for them (the

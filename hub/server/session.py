@@ -297,6 +297,9 @@ class Session:
             presence.join(topic, self.member)
 
     def _leave(self, pattern: str) -> None:
+        """Leave ``pattern``'s topic if present on it; the subscription gets no more events
+        (not even this leave)."""
+        self.hub.router.unwatch(pattern, self)
         if pattern in self.present:
             self.present.discard(pattern)
             self.hub.presence.leave(pattern, self.member)
