@@ -4,12 +4,13 @@ fake hubs (support.FakeHub), and clients that are closed at teardown."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
 
 from hub_client import Client
+from tests.client.commands import Running
 from tests.client.support import FakeHub, Handler, close_client, connect, minimal
 
 # Real hub-server daemons, and the report of their logs when a test fails.
@@ -67,3 +68,18 @@ async def start_fake() -> AsyncIterator[StartFake]:
     yield start
     for fake in fakes:
         await fake.close()
+
+
+@pytest.fixture
+def start() -> Iterator[Any]:
+    """``start("sub", ...)``: a running ``hub`` command, killed at teardown if still running."""
+    processes: list[Running] = []
+
+    def start_(*args: str) -> Running:
+        process = Running(*args)
+        processes.append(process)
+        return process
+
+    yield start_
+    for process in processes:
+        process.stop()

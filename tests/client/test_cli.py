@@ -17,9 +17,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Mapping
-from pathlib import Path
-from typing import IO, Any
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 import msgpack
 import pytest
@@ -27,27 +26,10 @@ import pytest
 from hub.protocol import WebSocketServer, WebSocketServerProtocol, serve
 from hub_client.cli import json_safe
 from hub_client.sync import connect
+from tests.client.commands import WAIT, run
 from tests.server.conftest import HubProcess, hub_environment, running_hub
 
 pytestmark = pytest.mark.timeout(30)
-
-#: Upper bound for a command to finish, or a line to appear.
-WAIT = 10.0
-
-#: The console script of this environment, else ``python -m hub_client``.
-SCRIPT = Path(sys.executable).parent / "hub"
-HUB = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "hub_client"]
-
-
-def run(*args: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HUB, *args],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        env=hub_environment(env),
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def lines(text: str) -> list[dict[str, Any]]:
@@ -104,76 +86,6 @@ def serving(handler: Callable[[WebSocketServerProtocol], Awaitable[None]]) -> It
 @pytest.fixture
 def topic() -> str:
     return f"cli{uuid.uuid4().hex[:10]}.t"
-
-
-class Running:
-    """A ``hub`` subprocess whose stdout and stderr lines are read by threads."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*HUB, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=hub_environment(),
-        )
-        self.stdout: list[str] = []
-        self.stderr: queue.Queue[str] = queue.Queue()
-        self.stderr_lines: list[str] = []
-        assert self.proc.stdout is not None and self.proc.stderr is not None
-        self._threads = [
-            threading.Thread(target=self._read, args=(self.proc.stdout, self.stdout.append)),
-            threading.Thread(target=self._read, args=(self.proc.stderr, self.stderr.put)),
-        ]
-        for thread in self._threads:
-            thread.start()
-
-    @staticmethod
-    def _read(stream: IO[str], put: Any) -> None:
-        with stream:
-            for line in stream:
-                put(line.rstrip("\n"))
-
-    def wait_for_stderr(self, text: str, count: int = 1) -> None:
-        """Wait until ``count`` stderr lines contain ``text``."""
-        deadline = time.monotonic() + WAIT
-        while sum(text in line for line in self.stderr_lines) < count:
-            remaining = deadline - time.monotonic()
-            try:
-                self.stderr_lines.append(self.stderr.get(timeout=max(remaining, 0.001)))
-            except queue.Empty:
-                raise AssertionError(
-                    f"no {text!r} on stderr within {WAIT} s: {self.stderr_lines}"
-                ) from None
-
-    def wait(self) -> int:
-        status = self.proc.wait(WAIT)
-        for thread in self._threads:
-            thread.join(WAIT)
-        while not self.stderr.empty():
-            self.stderr_lines.append(self.stderr.get())
-        return status
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.wait()
-
-
-@pytest.fixture
-def start() -> Iterator[Any]:
-    """``start("sub", ...)``: a running ``hub`` command, killed at teardown if still running."""
-    processes: list[Running] = []
-
-    def start_(*args: str) -> Running:
-        process = Running(*args)
-        processes.append(process)
-        return process
-
-    yield start_
-    for process in processes:
-        process.stop()
 
 
 # --- pub and history ------------------------------------------------------------------------------

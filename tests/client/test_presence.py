@@ -11,14 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import queue
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import jwt
 import pytest
@@ -33,6 +29,7 @@ from hub_client import (
     Subscription,
 )
 from hub_client.sync import connect as sync_connect
+from tests.client.commands import run
 from tests.client.conftest import OpenClient, StartFake
 from tests.client.support import (
     WAIT,
@@ -43,7 +40,7 @@ from tests.client.support import (
     poll_until,
     restart,
 )
-from tests.server.conftest import HubProcess, StartHub, hub_environment, running_hub
+from tests.server.conftest import HubProcess, StartHub, running_hub
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -439,73 +436,6 @@ def test_sync_presence_and_events(hub: HubProcess, codec: str, topic: str) -> No
 
 # --- the hub command ------------------------------------------------------------------------------
 
-SCRIPT = Path(sys.executable).parent / "hub"
-HUB = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "hub_client"]
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*HUB, *args],
-        capture_output=True,
-        text=True,
-        timeout=WAIT,
-        env=hub_environment(),
-        stdin=subprocess.DEVNULL,
-    )
-
-
-class Lines:
-    """A ``hub`` subprocess whose stdout lines can be awaited one by one."""
-
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [*HUB, *args],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            env=hub_environment(),
-        )
-        self.lines: queue.Queue[str | None] = queue.Queue()
-        assert self.proc.stdout is not None
-        self._reader = threading.Thread(target=self._read, args=(self.proc.stdout,))
-        self._reader.start()
-
-    def _read(self, stream: IO[str]) -> None:
-        with stream:
-            for line in stream:
-                self.lines.put(line)
-        self.lines.put(None)
-
-    def next(self) -> dict[str, Any]:
-        line = self.lines.get(timeout=WAIT)
-        assert line is not None, f"hub exited: {self.stop()}"
-        value: dict[str, Any] = json.loads(line)
-        return value
-
-    def stop(self) -> str:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(WAIT)
-        self._reader.join(WAIT)
-        assert self.proc.stderr is not None
-        with self.proc.stderr:
-            return self.proc.stderr.read()
-
-
-@pytest.fixture
-def start() -> Iterator[Any]:
-    processes: list[Lines] = []
-
-    def start_(*args: str) -> Lines:
-        process = Lines(*args)
-        processes.append(process)
-        return process
-
-    yield start_
-    for process in processes:
-        process.stop()
-
 
 def test_cli_presence(hub: HubProcess, topic: str) -> None:
     empty = run("presence", topic, "--url", hub.uri)
@@ -541,11 +471,11 @@ def test_cli_presence(hub: HubProcess, topic: str) -> None:
 
 def test_cli_sub_join_leave(hub: HubProcess, codec: str, topic: str, start: Any) -> None:
     sub = start("sub", topic, "--join-leave", "--count", "1", "--url", hub.uri, "--codec", codec)
-    own = sub.next()  # its own join: it is subscribed
+    own = sub.next_json()  # its own join: it is subscribed
     assert (own["op"], own["topic"], own["sub"], own["user"]) == ("join", topic, topic, None)
     with sync_connect(hub.uri, token=token("fay", {"n": 1})) as fay:
         with fay.subscribe(topic):
-            joined = sub.next()
+            joined = sub.next_json()
         assert joined == {
             "op": "join",
             "topic": topic,
@@ -556,7 +486,7 @@ def test_cli_sub_join_leave(hub: HubProcess, codec: str, topic: str, start: Any)
             "replaces": None,
         }
         fay.publish(topic, "counted")  # events do not count: this message ends it
-        message = sub.next()
+        message = sub.next_json()
     assert set(message) == {"topic", "sub", "offset", "epoch", "data"}
     assert message["data"] == "counted"
     assert sub.proc.wait(WAIT) == 0
