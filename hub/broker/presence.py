@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from hub.broker.topics import matches
+from hub.broker.rules import TopicRules
 
 __all__ = ["Member", "MemoryPresence", "OnPresence", "Presence", "PresenceEvent"]
 
@@ -71,24 +71,11 @@ class Presence(abc.ABC):
     """Start it after the backend, close it before; ``enabled(topic)`` says which topics
     have presence at all."""
 
-    #: Cached answers of :meth:`enabled` beyond this many topics are dropped.
-    CACHE = 100_000
-
     def __init__(self, on_event: OnPresence, patterns: Sequence[str], grace: float) -> None:
         self.on_event = on_event
-        self.patterns = list(patterns)
         self.grace = grace
-        self._enabled: dict[str, bool] = {}
-
-    def enabled(self, topic: str) -> bool:
-        """Whether a subscription to the concrete ``topic`` makes its client present."""
-        answer = self._enabled.get(topic)
-        if answer is None:
-            answer = any(matches(pattern, topic) for pattern in self.patterns)
-            if len(self._enabled) >= self.CACHE:
-                self._enabled.clear()
-            self._enabled[topic] = answer
-        return answer
+        #: Whether a subscription to the concrete topic makes its client present.
+        self.enabled = TopicRules(False, [(pattern, True) for pattern in patterns])
 
     @abc.abstractmethod
     async def start(self) -> None:

@@ -2,8 +2,8 @@
 
 The server builds one :class:`Retention` policy from its settings (``history_size``,
 ``history_ttl``, ``history_rules``) and hands it to the backend, which asks it on every publish.
-The first rule whose pattern matches a topic wins; answers are cached per topic, so a publish
-pays one dict lookup.
+The first rule whose pattern matches a topic wins (:class:`~hub.broker.rules.TopicRules`, which
+caches the answers, so a publish pays one dict lookup).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from hub.broker.topics import matches
+from hub.broker.rules import TopicRules
 
 __all__ = ["NO_HISTORY", "Keep", "Retention"]
 
@@ -25,27 +25,13 @@ class Keep:
     ttl: float
 
 
-class Retention:
+class Retention(TopicRules[Keep]):
     """``retention(topic)`` is what the topic keeps; ``longest_ttl`` is how far back the topic
     index must reach (a pattern's recovery looks there for topics it never saw)."""
 
-    #: Cached answers beyond this many topics are dropped (topics come from the network).
-    CACHE = 100_000
-
     def __init__(self, default: Keep, rules: Sequence[tuple[str, Keep]] = ()) -> None:
-        self.default = default
-        self.rules = list(rules)
+        super().__init__(default, rules)
         self.longest_ttl = max([default.ttl, *(keep.ttl for _, keep in self.rules)])
-        self._cache: dict[str, Keep] = {}
-
-    def __call__(self, topic: str) -> Keep:
-        keep = self._cache.get(topic)
-        if keep is None:
-            keep = next((k for pattern, k in self.rules if matches(pattern, topic)), self.default)
-            if len(self._cache) >= self.CACHE:
-                self._cache.clear()
-            self._cache[topic] = keep
-        return keep
 
 
 #: No history for any topic: what a backend keeps unless told otherwise.
