@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgpack
 
 from hub.broker.backend import Backend, Publication
-from hub.broker.presence import PresenceEvent
+from hub.broker.presence import Member, PresenceEvent
 from hub.broker.registry import Registry
 from hub.exceptions import BadRequest, RequestError
 from hub.wire.codecs import JSON, Codec
@@ -195,17 +195,17 @@ class Router:
         """Send a presence event to the local subscriptions that asked for them (the
         presence's callback): ``join`` or ``leave`` with the topic and the member's fields.
         It costs nothing per subscriber that did not ask."""
-        message: dict[str, Any] = {"op": event.kind, "topic": event.topic, **event.member.fields()}
+        head: dict[str, Any] = {"op": event.kind, "topic": event.topic}
         if event.replaces is not None:
-            message["replaces"] = event.replaces
+            head["replaces"] = event.replaces
         for pattern, subscribers in self.watchers.match(event.topic):
             frames: dict[Codec, Any] = {}
             for subscriber in subscribers:
-                frame = frames.get(subscriber.codec)
+                codec = subscriber.codec
+                frame = frames.get(codec)
                 if frame is None:
-                    frame = frames[subscriber.codec] = _prepare_event(
-                        subscriber.codec, {**message, "sub": pattern}
-                    )
+                    fields = member_fields(event.member, codec)
+                    frame = frames[codec] = codec.prepare({**head, **fields, "sub": pattern})
                 subscriber.push(frame)
 
     def _skips(self, pattern: str, subscriber: Subscriber, publication: Publication) -> bool:
@@ -305,11 +305,13 @@ def _prepare(codec: Codec, message: dict[str, Any]) -> Any:
         )
 
 
-def _prepare_event(codec: Codec, message: dict[str, Any]) -> Any:
-    """A presence event for this codec; an ``info`` it cannot hold (a 70-bit integer for
-    msgpack) is left out rather than losing the event."""
-    try:
-        return codec.prepare(message)
-    except (OverflowError, TypeError, ValueError):
-        message.pop("info", None)
-        return codec.prepare(message)
+def member_fields(member: Member, codec: Codec) -> dict[str, Any]:
+    """A present client's fields for this codec (in a presence event or list): an ``info`` it
+    cannot hold (a 70-bit integer for msgpack) is left out rather than losing the rest."""
+    fields = member.fields()
+    if member.info is not None:
+        try:
+            codec.encode(member.info)
+        except (OverflowError, TypeError, ValueError):
+            del fields["info"]
+    return fields

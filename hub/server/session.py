@@ -21,7 +21,7 @@ from hub.broker.backend import Publication
 from hub.broker.outbox import Outbox
 from hub.broker.presence import Member
 from hub.broker.recovery import Plan, plan_pattern, plan_topic
-from hub.broker.router import decode_payload, encode_payload
+from hub.broker.router import decode_payload, encode_payload, member_fields
 from hub.broker.topics import is_pattern
 from hub.exceptions import (
     BadRequest,
@@ -309,17 +309,8 @@ class Session:
         if not presence.enabled(request.topic):
             raise Unavailable(f"{request.topic} has no presence (see the presence_topics setting)")
         members = await presence.members(request.topic)
-        self._encoded_ok(request, clients=[self._encodable(member) for member in members])
-
-    def _encodable(self, member: Member) -> dict[str, Any]:
-        """The member's fields, without an ``info`` this codec cannot hold (a 70-bit integer
-        for msgpack), as the events leave it out too."""
-        fields = member.fields()
-        try:
-            self.codec.encode(fields)
-        except (OverflowError, TypeError, ValueError):
-            fields.pop("info", None)
-        return fields
+        clients = [member_fields(member, self.codec) for member in members]
+        self._encoded_ok(request, clients=clients)
 
     def _encoded_ok(self, request: History | Presence, **fields: Any) -> None:
         """The ok with these fields, or unavailable if the codec cannot hold them (binary
