@@ -251,12 +251,17 @@ class Subscription:
             except SubscriptionNotice as exc:  # NotRecovered, Undeliverable
                 self.client.logger.warning("subscription %s: %s", self.pattern, exc)
                 continue
-            try:
-                result = callback(message)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                self.client.logger.exception("subscription %s: the callback failed", self.pattern)
+            await self._invoke(callback, message, "callback")
+
+    async def _invoke(self, callback: Callable[[Any], Any], item: object, what: str) -> None:
+        """Call a callback of the application with ``item``, awaiting what it returns if that
+        is awaitable; its exception is logged, and the next item comes."""
+        try:
+            result = callback(item)
+            if inspect.isawaitable(result):
+                await result
+        except Exception:
+            self.client.logger.exception("subscription %s: the %s failed", self.pattern, what)
 
     # --- presence events --------------------------------------------------------------------
 
@@ -306,19 +311,8 @@ class Subscription:
         self._presence_task = asyncio.get_running_loop().create_task(self._call_presence(callback))
 
     async def _call_presence(self, callback: PresenceCallback) -> None:
-        while True:
-            try:
-                event = await self.presence_event()
-            except StopAsyncIteration:
-                return
-            try:
-                result = callback(event)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                self.client.logger.exception(
-                    "subscription %s: the presence callback failed", self.pattern
-                )
+        async for event in self._presence_events():
+            await self._invoke(callback, event, "presence callback")
 
     # --- ending -------------------------------------------------------------------------------
 
