@@ -24,18 +24,16 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-import jwt
 import pytest
 
 from tests.server.conftest import HubProcess, StartHub, _record, running_hub
 from tests.server.peers import JSON, MSGPACK, TEST_BOUND, WAIT, OpenPeer, Peer, same
+from tests.server.presence_support import AUTH, bearer, entry
 
 #: Presence on every topic under chat.
 PRESENCE = ("--presence-topics", json.dumps(["chat.>"]))
 #: The grace period of the auth hub: short enough to wait for.
 GRACE = 0.4
-SECRET = "presence-test-secret-" + "0123456789abcdef" * 4
-AUTH = ("--auth", "required", "--auth-keys", json.dumps([{"alg": "HS256", "key": SECRET}]))
 #: The fields of a presence reply, and the fields a join or leave may carry.
 REPLY_FIELDS = {"op", "id", "clients"}
 EVENT_FIELDS = {"op", "topic", "sub", "client", "user", "info", "replaces"}
@@ -83,31 +81,10 @@ def room(prefix: str) -> str:
 # --- tokens, frames -------------------------------------------------------------------------------
 
 
-def bearer(user: str, **claims: Any) -> list[tuple[str, str]]:
-    """The Authorization header of a token for ``user``, allowed everything unless ``claims``
-    say otherwise (an ``info`` claim is shown by presence)."""
-    payload = {
-        "sub": user,
-        "exp": int(time.time() + 300),
-        "subscribe": [">"],
-        "publish": [">"],
-        **claims,
-    }
-    return [("Authorization", f"Bearer {jwt.encode(payload, SECRET, algorithm='HS256')}")]
-
-
 def client_of(peer: Peer) -> str:
     client = peer.welcome["client"]
     assert isinstance(client, str) and client, peer.welcome
     return client
-
-
-def entry(peer: Peer, user: str | None = None, info: Any = None) -> dict[str, Any]:
-    """How presence lists ``peer``: ``info`` only when the token has one."""
-    fields: dict[str, Any] = {"client": client_of(peer), "user": user}
-    if info is not None:
-        fields["info"] = info
-    return fields
 
 
 def event(

@@ -28,16 +28,15 @@ import collections
 import contextlib
 import json
 import signal
-import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import jwt
 import redis.asyncio
 
 from tests.redis_server import RedisServer
 from tests.server.conftest import HubProcess, StartHub
 from tests.server.peers import CODECS, JSON, TEST_BOUND, WAIT, Collector, OpenPeer, Peer, same
+from tests.server.presence_support import AUTH, bearer, entry
 from tests.server.test_cluster import FAULT_FLAGS, start_nodes
 
 Collect = Callable[[Peer], Collector]
@@ -55,30 +54,8 @@ MARGIN = 1.0
 #: How long to listen for an event that must NOT come: a sweep of every node and then some.
 QUIET = TICK + 0.25
 
-#: HS256 tokens for the tests with users (``--auth required``): the grace period needs them.
-SECRET = "presence-cluster-secret-" + "0123456789abcdef" * 4
-AUTH = ("--auth", "required", "--auth-keys", json.dumps([{"alg": "HS256", "key": SECRET}]))
-
 #: (topic, client id) -> the member's fields as ``presence`` lists them.
 State = dict[tuple[str, str], dict[str, Any]]
-
-
-def token(user: str, **claims: Any) -> str:
-    payload = {"sub": user, "exp": int(time.time()) + 600, "subscribe": ["room.>"], **claims}
-    return jwt.encode(payload, SECRET, algorithm="HS256")
-
-
-def bearer(user: str, **claims: Any) -> dict[str, Any]:
-    """``open_peer`` options that connect as ``user``."""
-    return {"extra_headers": [("Authorization", f"Bearer {token(user, **claims)}")]}
-
-
-def fields(peer: Peer, user: str | None = None, info: Any = None) -> dict[str, Any]:
-    """The member fields that ``peer`` must have in events and lists."""
-    result: dict[str, Any] = {"client": peer.welcome["client"], "user": user}
-    if info is not None:
-        result["info"] = info
-    return result
 
 
 async def observe(
@@ -190,7 +167,7 @@ async def test_a_join_and_leave_cross_nodes_and_both_lists_agree(
         assert await listed(ask_b, "room.lobby") == {}
 
         client = await open_peer(a)
-        me = fields(client)
+        me = entry(client)
         # The ok of the sub first; no frame of presence for a client that did not ask.
         await client.ok("sub", topic="room.lobby")
         (joined,) = await watcher.wait_for(1)
@@ -245,7 +222,7 @@ async def test_many_clients_on_two_nodes_every_observer_sees_each_change_once(
                 await peer.ok("sub", topic=topic)
 
         await asyncio.gather(*(subscribe(peer, subs) for peer, subs in clients[2:6] + clients[8:]))
-        everyone = expected_state((t, fields(peer)) for peer, subs in clients for t in subs)
+        everyone = expected_state((t, entry(peer)) for peer, subs in clients for t in subs)
         snapshot = await settle(watchers, asks, topics, {}, 0, len(everyone))
         assert snapshot == everyone
 
@@ -276,7 +253,7 @@ async def test_many_clients_on_two_nodes_every_observer_sees_each_change_once(
         await sentinel.ok("sub", topic="room.z")
         for watcher in watchers:
             frames = await watcher.wait_for(2 * len(everyone) + 1)
-            check_event(frames[-1], "join", "room.z", fields(sentinel))
+            check_event(frames[-1], "join", "room.z", entry(sentinel))
             counts = once_each(frames)
             assert sum(1 for op, _, _ in counts if op == "leave") == len(everyone)
 
@@ -400,23 +377,23 @@ async def test_three_nodes_every_observer_sees_each_leave_of_a_killed_node_once(
         a, b, c = await start_nodes(start_hub, redis_url, redis_prefix, 3, *flags)
         # Observers on every node (A's die with it); B and C both sweep, each every second.
         watchers = [
-            await observe(open_peer, collect, node, codec, **bearer(f"watcher-{i}"))
+            await observe(open_peer, collect, node, codec, extra_headers=bearer(f"watcher-{i}"))
             for i, (node, codec) in enumerate((n, k) for n in (b, c) for k in CODECS)
         ]
-        doomed_watcher = await observe(open_peer, collect, a, **bearer("watcher-a"))
+        doomed_watcher = await observe(open_peer, collect, a, extra_headers=bearer("watcher-a"))
         everybody = [*watchers, doomed_watcher]
-        asks = [await open_peer(node, **bearer("asker")) for node in (b, c)]
-        doomed = [await open_peer(a, **bearer(f"u{i}", info=i)) for i in range(4)]
-        survivor = await open_peer(c, **bearer("u0", info="on c"))
+        asks = [await open_peer(node, extra_headers=bearer("asker")) for node in (b, c)]
+        doomed = [await open_peer(a, extra_headers=bearer(f"u{i}", info=i)) for i in range(4)]
+        survivor = await open_peer(c, extra_headers=bearer("u0", info="on c"))
         for peer in doomed:
             for topic in topics:
                 await sub_seen(peer, topic, everybody)
         await sub_seen(survivor, "room.k", everybody)
         everyone = await settle(everybody, asks, topics, {}, 0, 9)
-        staying = expected_state([("room.k", fields(survivor, "u0", "on c"))])
+        staying = expected_state([("room.k", entry(survivor, "u0", "on c"))])
         leaving = {key: m for key, m in everyone.items() if key not in staying}
         assert len(leaving) == 8
-        assert leaving[("room.k", doomed[0].welcome["client"])] == fields(doomed[0], "u0", 0)
+        assert leaving[("room.k", doomed[0].welcome["client"])] == entry(doomed[0], "u0", 0)
 
         killed_at = await kill(a, doomed, [doomed_watcher])
         last = await leaves_after_kill(watchers, 9, leaving, killed_at)
@@ -477,19 +454,19 @@ async def test_a_rejoin_of_the_same_user_on_another_node_within_the_grace_replac
     async with asyncio.timeout(TEST_BOUND):
         a, b = await start_nodes(start_hub, redis_url, redis_prefix, 2, *flags)
         watchers = [
-            await observe(open_peer, collect, node, codec, **bearer("watcher"))
+            await observe(open_peer, collect, node, codec, extra_headers=bearer("watcher"))
             for node, codec in ((a, JSON), (b, CODECS[1]))
         ]
-        asks = [await open_peer(node, **bearer("asker")) for node in (a, b)]
-        old = await open_peer(a, **bearer("u1", info={"name": "One", "tab": 1}))
-        gone = await open_peer(a, **bearer("u2"))
-        back = await open_peer(b, **bearer("u3"))
+        asks = [await open_peer(node, extra_headers=bearer("asker")) for node in (a, b)]
+        old = await open_peer(a, extra_headers=bearer("u1", info={"name": "One", "tab": 1}))
+        gone = await open_peer(a, extra_headers=bearer("u2"))
+        back = await open_peer(b, extra_headers=bearer("u3"))
         for peer in (old, gone, back):
             await sub_seen(peer, topic, watchers)
         members = {
-            "old": fields(old, "u1", {"name": "One", "tab": 1}),
-            "gone": fields(gone, "u2"),
-            "back": fields(back, "u3"),
+            "old": entry(old, "u1", {"name": "One", "tab": 1}),
+            "gone": entry(gone, "u2"),
+            "back": entry(back, "u3"),
         }
         for watcher in watchers:
             assert replay({}, await watcher.wait_for(3)) == expected_state(
@@ -508,10 +485,10 @@ async def test_a_rejoin_of_the_same_user_on_another_node_within_the_grace_replac
             assert await listed(ask, topic) == expected_state((topic, m) for m in members.values())
 
         # A new client of u1, on B, within the grace period: it replaces the old one.
-        new = await open_peer(b, **bearer("u1", info={"name": "One", "tab": 2}))
+        new = await open_peer(b, extra_headers=bearer("u1", info={"name": "One", "tab": 2}))
         await new.ok("sub", topic=topic)
         assert loop.time() - closed_at < GRACE, "too slow to rejoin within the grace period"
-        members["new"] = fields(new, "u1", {"name": "One", "tab": 2})
+        members["new"] = entry(new, "u1", {"name": "One", "tab": 2})
         for watcher in watchers:
             check_event(
                 (await watcher.wait_for(4))[3],
@@ -613,7 +590,7 @@ async def test_a_node_that_starts_a_subscription_still_delivers_every_event(
 
         streams = [await until_sentinel(watcher) for watcher in watchers]
         reference = streams[2]
-        assert replay({}, reference) == expected_state([("room.end", fields(sentinel))])
+        assert replay({}, reference) == expected_state([("room.end", entry(sentinel))])
         expected = collections.Counter(_brief(e) for e in reference)
         wrong = []
         for node, stream in zip("AB", streams[:2], strict=True):
